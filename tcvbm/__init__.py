@@ -1,0 +1,3 @@
+"""tcvbm: time-correlated video bridge matching."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,329 @@
+"""Time-correlated bridges between a clean clip ``X_0`` (t = 0) and its source ``X_1`` (t = 1).
+
+Every feature column of a clip (one pixel position across its ``N`` frames) follows the
+linear SDE ``dx = (A x + b) dt + sqrt(eps) dW`` where ``A`` is a symmetric ``N x N`` drift
+matrix acting on the frame axis only. ``A`` is diagonalised once (float64): in its
+eigenbasis every mode is an independent scalar OU bridge, so marginals and posterior steps
+reduce to per-mode weights that are turned back into ``N x N`` frame-mixing matrices and
+applied with one batched matmul over the frame axis. ``A = 0`` (the "brownian" prior,
+plain bridge matching) is the exact limit of the same code: the weights below are written
+through ``phi(x) = (1 - exp(-2x)) / (2x)``, which is smooth at ``x = 0`` where it equals 1.
+
+All formulas follow ``shared/docs/tcvbm-math.md``: with ``a = |lam| t``, ``c = |lam| (1 - t)``
+
+    w_start = exp(-a) (1 - t) phi(c) / phi(|lam|)
+    w_end   = exp(-c) t       phi(a) / phi(|lam|)
+    var     = eps t (1 - t) phi(a) phi(c) / phi(|lam|)
+
+which are the stable rewriting of ``sinh(lam (1 - t)) / sinh(lam)`` etc. (no overflow for
+large ``|lam|``, no 0/0 at ``lam = 0``). The posterior ``q(X_s | X_0, X_t)`` of the bridge is
+the same bridge run over ``[0, t]``: the same weights with ``lam -> lam t``, ``t -> s / t`` and
+``eps -> eps t``. One formula, one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Bridge", "PRIORS", "prior_matrix"]
+
+PRIORS: dict[str, dict[str, float]] = {
+    # rho: frame-to-frame correlation of the stationary prior; strength: kappa (mean reversion).
+    "ar1": {"rho": 0.9, "strength": 8.0},
+    # strength: kappa; delta: the diagonal shift that keeps A negative definite.
+    "laplacian": {"strength": 1.0, "delta": 0.1},
+    # A = 0: independent frames, ordinary bridge matching.
+    "brownian": {},
+}
+CENTERS = ("source", "zero")
+_SERIES_BELOW = 1e-4  # phi switches to its Taylor series below this argument
+
+
+def prior_matrix(num_frames: int, prior: str, **params: float) -> Tensor:
+    """The drift matrix ``A`` (float64, symmetric, negative semi-definite) of a named prior."""
+    if prior not in PRIORS:
+        raise ValueError(f"prior: unknown prior {prior!r}; expected one of {sorted(PRIORS)}")
+    unknown = set(params) - set(PRIORS[prior])
+    if unknown:
+        raise ValueError(
+            f"prior_params: {sorted(unknown)} not accepted by prior {prior!r}; "
+            f"it takes {sorted(PRIORS[prior]) or 'no parameters'}"
+        )
+    p = {**PRIORS[prior], **params}
+    n = num_frames
+    if prior == "brownian":
+        return torch.zeros(n, n, dtype=torch.float64)
+    strength = float(p["strength"])
+    if not math.isfinite(strength) or strength < 0:
+        raise ValueError(f"strength: must be a finite number >= 0, got {strength}")
+    if prior == "ar1":
+        rho = float(p["rho"])
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"rho: must lie in [0, 1), got {rho}")
+        # Closed-form inverse of C_ij = rho^|i-j| (tridiagonal): no ill-conditioned inversion.
+        diag = torch.full((n,), 1.0 + rho * rho, dtype=torch.float64)
+        diag[0] = diag[-1] = 1.0
+        c_inv = torch.diag(diag) - rho * (torch.diag(torch.ones(n - 1, dtype=torch.float64), 1)
+                                          + torch.diag(torch.ones(n - 1, dtype=torch.float64), -1))
+        c_inv = c_inv / (1.0 - rho * rho)
+        if n == 1:
+            c_inv = torch.ones(1, 1, dtype=torch.float64)
+        return -(strength / 2.0) * c_inv
+    delta = float(p["delta"])
+    if not math.isfinite(delta) or delta < 0:
+        raise ValueError(f"delta: must be a finite number >= 0, got {delta}")
+    off = torch.ones(n - 1, dtype=torch.float64)
+    degree = torch.zeros(n, dtype=torch.float64)
+    degree[1:] += 1.0
+    degree[:-1] += 1.0
+    laplacian = torch.diag(degree) - torch.diag(off, 1) - torch.diag(off, -1)
+    return -strength * (laplacian + delta * torch.eye(n, dtype=torch.float64))
+
+
+def _phi(x: Tensor) -> Tensor:
+    """``(1 - exp(-2x)) / (2x)`` for ``x >= 0``, equal to 1 at 0 and smooth there."""
+    small = x < _SERIES_BELOW
+    safe = torch.where(small, torch.ones_like(x), x)
+    exact = -torch.expm1(-2.0 * safe) / (2.0 * safe)
+    series = 1.0 - x + (2.0 / 3.0) * x * x
+    return torch.where(small, series, exact)
+
+
+def _mode_weights(abs_lam: Tensor, tau: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-mode bridge weights on ``[0, 1]`` at relative time ``tau``.
+
+    abs_lam: (B, N) absolute eigenvalues (already scaled by the interval length);
+    tau: (B, 1); eps: (B, 1) noise scale for the interval. Returns ``w_start``, ``w_end``,
+    ``var``, each (B, N): ``X_tau ~ w_start X_start + w_end X_end + sqrt(var) xi`` per mode.
+    """
+    a = abs_lam * tau
+    c = abs_lam * (1.0 - tau)
+    phi_lam = _phi(abs_lam)
+    w_start = torch.exp(-a) * (1.0 - tau) * _phi(c) / phi_lam
+    w_end = torch.exp(-c) * tau * _phi(a) / phi_lam
+    var = eps * tau * (1.0 - tau) * _phi(a) * _phi(c) / phi_lam
+    return w_start, w_end, var.clamp_min(0.0)
+
+
+def _frame_mix(x: Tensor, m: Tensor) -> Tensor:
+    """Apply per-sample frame-mixing matrices ``m`` (B, N, N) to clips ``x`` (B, C, N, H, W)."""
+    b, c, n, h, w = x.shape
+    out = torch.matmul(m.unsqueeze(1), x.reshape(b, c, n, h * w))
+    return out.reshape(b, c, n, h, w)
+
+
+def _check_clip(name: str, x: Tensor, num_frames: int) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a tensor, got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"{name}: expected a (B, C, N, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.shape[2] != num_frames:
+        raise ValueError(
+            f"{name}: has {x.shape[2]} frames but the bridge was built for num_frames={num_frames}"
+        )
+
+
+class Bridge:
+    """A time-correlated bridge prior on clips of ``num_frames`` frames.
+
+    ``Bridge(num_frames)`` alone gives the project's default: the ar1 prior with rho 0.9 and
+    strength 8, eps 0.25, centred on the source (``b = -A X_1``, the process reverts towards
+    the source clip rather than towards grey). ``prior="brownian"`` is plain bridge matching.
+    """
+
+    def __init__(
+        self,
+        num_frames: int,
+        prior: str = "ar1",
+        eps: float = 0.25,
+        center: str = "source",
+        **prior_params: float,
+    ) -> None:
+        if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+            raise ValueError(f"num_frames: expected a positive integer, got {num_frames!r}")
+        eps = float(eps)
+        if not math.isfinite(eps) or eps <= 0:
+            raise ValueError(f"eps: must be a finite number > 0, got {eps}")
+        if center not in CENTERS:
+            raise ValueError(f"center: expected one of {CENTERS}, got {center!r}")
+        self.num_frames = num_frames
+        self.prior = prior
+        self.prior_params = {**PRIORS.get(prior, {}), **prior_params}
+        self.A = prior_matrix(num_frames, prior, **prior_params)
+        self.eps = eps
+        self.center = center
+        lam, u = torch.linalg.eigh(self.A)
+        self._abs_lam = lam.abs()
+        self._u = u
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------ configuration
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-serialisable description that :meth:`from_config` turns back into this bridge."""
+        return {"num_frames": self.num_frames, "prior": self.prior, "eps": self.eps,
+                "center": self.center, **self.prior_params}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Bridge":
+        return cls(**config)
+
+    def with_num_frames(self, num_frames: int) -> "Bridge":
+        """The same prior on clips of another length (for example a single image)."""
+        cfg = self.to_config()
+        cfg["num_frames"] = num_frames
+        return Bridge.from_config(cfg)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.prior_params.items())
+        return (f"Bridge(num_frames={self.num_frames}, prior={self.prior!r}, eps={self.eps}, "
+                f"center={self.center!r}{', ' + params if params else ''})")
+
+    # ------------------------------------------------------------------ internals
+    def _eig(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Eigen-pairs on ``device`` in the highest precision it supports (cached)."""
+        if device not in self._on_device:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            self._on_device[device] = (self._abs_lam.to(device, dtype), self._u.to(device, dtype))
+        return self._on_device[device]
+
+    def _times(self, name: str, t: Tensor | float, batch: int, device: torch.device,
+               low_open: bool, high_open: bool) -> Tensor:
+        """Validate a time argument and return it as a (B, 1) tensor in the math precision."""
+        dtype = self._eig(device)[0].dtype
+        t = torch.as_tensor(t, device=device).to(dtype)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() != 1 or t.shape[0] != batch:
+            raise ValueError(f"{name}: expected shape ({batch},), got {tuple(t.shape)}")
+        lo_bad = (t <= 0) if low_open else (t < 0)
+        hi_bad = (t >= 1) if high_open else (t > 1)
+        if bool((lo_bad | hi_bad | ~torch.isfinite(t)).any()):
+            interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+            raise ValueError(f"{name}: every entry must lie in {interval}, got {t.tolist()}")
+        return t.unsqueeze(1)
+
+    def _weights(self, t: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-mode weights for the bridge over ``[0, t]`` evaluated at relative time ``tau``."""
+        abs_lam, _ = self._eig(t.device)
+        return _mode_weights(abs_lam.unsqueeze(0) * t, tau, self.eps * t)
+
+    def _to_frames(self, diag: Tensor, dtype: torch.dtype) -> Tensor:
+        """``U diag(d) U^T`` for a batch of per-mode values ``diag`` (B, N)."""
+        _, u = self._eig(diag.device)
+        return torch.einsum("nk,bk,mk->bnm", u, diag, u).to(dtype)
+
+    def _draw(self, noise: Tensor | bool | None, like: Tensor,
+              generator: torch.Generator | None) -> Tensor | None:
+        if noise is False:
+            return None
+        if noise is None or noise is True:
+            return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        if not isinstance(noise, Tensor) or noise.shape != like.shape:
+            raise ValueError(f"noise: expected a tensor shaped {tuple(like.shape)}, None or False")
+        return noise.to(like.dtype)
+
+    def _combine(self, start: Tensor, end: Tensor | None, x1: Tensor, w_start: Tensor,
+                 w_end: Tensor, var: Tensor, noise: Tensor | bool | None,
+                 generator: torch.Generator | None) -> Tensor:
+        """``W_start start + W_end end + S xi`` in frame space, ``end=None`` meaning ``X_1``.
+
+        With the source centre the modes are bridges of ``X - X_1`` (the process reverts to
+        the source), so ``X_1`` is subtracted before mixing and added back after; the zero
+        centre bridges ``X`` itself. For the marginal (``end`` is ``X_1``) the source-centred
+        end term vanishes: one matmul fewer on the hot path.
+        """
+        work = torch.float32 if start.dtype in (torch.float16, torch.bfloat16) else start.dtype
+        start, x1 = start.to(work), x1.to(work)
+        end = x1 if end is None else end.to(work)
+        if self.center == "source":
+            out = x1 + _frame_mix(start - x1, self._to_frames(w_start, work))
+            if end is not x1:
+                out = out + _frame_mix(end - x1, self._to_frames(w_end, work))
+        else:
+            out = (_frame_mix(start, self._to_frames(w_start, work))
+                   + _frame_mix(end, self._to_frames(w_end, work)))
+        xi = self._draw(noise, out, generator)
+        if xi is not None:
+            out = out + _frame_mix(xi, self._to_frames(var.sqrt(), work))
+        return out
+
+    def _check_pair(self, names: tuple[str, ...], *clips: Tensor) -> None:
+        for name, x in zip(names, clips):
+            _check_clip(name, x, self.num_frames)
+        for name, x in zip(names[1:], clips[1:]):
+            if x.shape != clips[0].shape:
+                raise ValueError(f"{name}: shape {tuple(x.shape)} differs from "
+                                 f"{names[0]} shape {tuple(clips[0].shape)}")
+
+    # ------------------------------------------------------------------ public API
+    def marginal(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Mean (like ``x0``) and frame covariance (B, N, N) of ``q(X_t | X_0, X_1)``.
+
+        The covariance is shared by every channel and pixel: the noise is independent
+        across pixels and correlated only across frames.
+        """
+        self._check_pair(("x0", "x1"), x0, x1)
+        t = self._times("t", t, x0.shape[0], x0.device, low_open=True, high_open=True)
+        w0, w1, var = self._weights(torch.ones_like(t), t)
+        mean = self._combine(x0, None, x1, w0, w1, var, False, None).to(x0.dtype)
+        return mean, self._to_frames(var, x0.dtype)
+
+    def sample(self, x0: Tensor, x1: Tensor, t: Tensor | float,
+               noise: Tensor | bool | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """A draw of ``X_t`` from the bridge marginal, differentiable in ``x0`` and ``x1``.
+
+        ``noise`` is a standard normal tensor like ``x0`` (drawn when None); ``False`` gives
+        the mean.
+        """
+        self._check_pair(("x0", "x1"), x0, x1)
+        t = self._times("t", t, x0.shape[0], x0.device, low_open=True, high_open=True)
+        w0, w1, var = self._weights(torch.ones_like(t), t)
+        return self._combine(x0, None, x1, w0, w1, var, noise, generator).to(x0.dtype)
+
+    def posterior_step(self, x0_hat: Tensor, xt: Tensor, x1: Tensor, t: Tensor | float,
+                       s: Tensor | float, noise: Tensor | bool | None = None,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """A draw of ``X_s ~ q(X_s | X_0 = x0_hat, X_t = xt)`` for ``0 <= s < t <= 1``.
+
+        At ``s = 0`` this returns ``x0_hat``; ``noise=False`` returns the posterior mean.
+        """
+        self._check_pair(("x0_hat", "xt", "x1"), x0_hat, xt, x1)
+        batch, device = x0_hat.shape[0], x0_hat.device
+        t = self._times("t", t, batch, device, low_open=True, high_open=False)
+        s = self._times("s", s, batch, device, low_open=False, high_open=True)
+        if bool((s >= t).any()):
+            raise ValueError(f"s: must be smaller than t, got s={s.squeeze(1).tolist()} "
+                             f"and t={t.squeeze(1).tolist()}")
+        w0, wt, var = self._weights(t, s / t)
+        return self._combine(x0_hat, xt, x1, w0, wt, var, noise, generator).to(x0_hat.dtype)
+
+    def deterministic_step(self, x0_hat: Tensor, xt: Tensor, x1: Tensor, t: Tensor | float,
+                           s: Tensor | float) -> Tensor:
+        """A DDIM-style step: move ``xt`` to time ``s`` keeping the noise it implies.
+
+        With ``m_t`` the bridge mean given ``x0_hat`` and ``S_t`` the symmetric square root of
+        the marginal covariance, ``X_s = m_s + S_s S_t^{-1} (X_t - m_t)``. The implied noise
+        keeps its frame correlation; at ``t = 1`` (no noise yet) the step is the mean.
+        """
+        self._check_pair(("x0_hat", "xt", "x1"), x0_hat, xt, x1)
+        batch, device = x0_hat.shape[0], x0_hat.device
+        t = self._times("t", t, batch, device, low_open=True, high_open=False)
+        s = self._times("s", s, batch, device, low_open=False, high_open=True)
+        if bool((s >= t).any()):
+            raise ValueError(f"s: must be smaller than t, got s={s.squeeze(1).tolist()} "
+                             f"and t={t.squeeze(1).tolist()}")
+        one = torch.ones_like(t)
+        w0_t, w1_t, var_t = self._weights(one, t)
+        w0_s, w1_s, var_s = self._weights(one, s)
+        ratio = torch.where(var_t > 0, (var_s / var_t.clamp_min(1e-300)).sqrt(),
+                            torch.zeros_like(var_t))
+        mean_t = self._combine(x0_hat, None, x1, w0_t, w1_t, var_t, False, None)
+        mean_s = self._combine(x0_hat, None, x1, w0_s, w1_s, var_s, False, None)
+        work = mean_t.dtype
+        out = mean_s + _frame_mix(xt.to(work) - mean_t, self._to_frames(ratio, work))
+        return out.to(x0_hat.dtype)

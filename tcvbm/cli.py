@@ -1,0 +1,199 @@
+"""The ``tcvbm`` command: parse, then call one function of the package per command.
+
+Heavy modules are imported inside each command so that ``tcvbm --help`` is instant and a
+problem in one part (say, a missing video codec) does not stop the others from running.
+Bad input surfaces as ``ValueError``; it is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _common_inference(p: argparse.ArgumentParser, model_default: str | None) -> None:
+    p.add_argument("--model", default=model_default,
+                   help="a run directory, a saved model directory or a shipped model name"
+                        + (f" (default: {model_default})" if model_default else ""))
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--sampler", default=None, help="stochastic, deterministic or posterior-mean")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from tcvbm.demo import bridge_demo
+
+    path = bridge_demo(args.input, args.output, num_frames=args.frames, size=args.size,
+                       factor=args.factor, seed=args.seed)
+    print(f"wrote {path}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from tcvbm.config import load_config
+    from tcvbm.train.run import train
+
+    train(load_config(args.config, args.overrides))
+
+
+def _cmd_distill(args: argparse.Namespace) -> None:
+    from tcvbm.config import load_config
+    from tcvbm.train.run import distill
+
+    distill(load_config(args.config, args.overrides))
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from tcvbm.pipeline import sample_files
+
+    written = sample_files(args.run_dir, args.input, args.output, steps=args.steps,
+                           sampler=args.sampler, device=args.device, precision=args.precision)
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> None:
+    from tcvbm.pipeline import interpolate
+
+    interpolate(args.input, args.output, factor=args.factor, model=args.model, steps=args.steps,
+                sampler=args.sampler, device=args.device, precision=args.precision,
+                seed=args.seed, scene_cuts=not args.no_scene_cuts, batch=args.batch)
+
+
+def _cmd_i2v(args: argparse.Namespace) -> None:
+    from tcvbm.pipeline import image_to_video
+
+    image_to_video(args.input, args.output, frames=args.frames, fps=args.fps, model=args.model,
+                   steps=args.steps, sampler=args.sampler, device=args.device,
+                   precision=args.precision, seed=args.seed)
+
+
+def _cmd_upscale(args: argparse.Namespace) -> None:
+    from tcvbm.pipeline import upscale
+
+    upscale(args.input, args.output, scale=args.scale, model=args.model, steps=args.steps,
+            sampler=args.sampler, device=args.device, precision=args.precision, seed=args.seed,
+            batch=args.batch)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from tcvbm.evaluate import run_eval
+
+    run_eval(args.task, args.data, model=args.model, steps=args.steps,
+                      baselines=args.baselines, output_dir=args.output, sampler=args.sampler,
+                      device=args.device, precision=args.precision, factor=args.factor,
+                      scale=args.scale, num_frames=args.frames, size=args.size,
+                      clips_per_video=args.clips_per_video, seed=args.seed,
+                      lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
+                      fvd_weights=args.fvd_weights)
+    print(f"wrote {Path(args.output) / 'metrics.md'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcvbm", description="Time-correlated video bridge matching: train, distill, "
+                                  "sample, interpolate, animate and upscale videos.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="picture of TCVBM and BM bridge states on a real clip")
+    p.add_argument("--input", default="data/samples/bikes.mp4",
+                   help="a video (default: a sample from tools/fetch_sample_clips.py)")
+    p.add_argument("-o", "--output", default="outputs/demo", help="output folder")
+    p.add_argument("--frames", type=int, default=9)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--factor", type=int, default=4, choices=[2, 4, 8])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_cmd_demo)
+
+    for name, fn, what in [("train", _cmd_train, "train a bridge model"),
+                           ("distill", _cmd_distill, "distill a trained bridge model into a "
+                                                     "1-4 step generator (needs teacher=RUN_DIR)")]:
+        p = sub.add_parser(name, help=what)
+        p.add_argument("config", help="a YAML file under configs/ (or its name, e.g. interp-tiny)")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted overrides, e.g. data.root=DIR train.max_steps=30 output_dir=OUT")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("sample", help="run a trained model on a file or a folder")
+    p.add_argument("run_dir")
+    p.add_argument("--input", required=True, help="a video, an image or a folder of them")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.set_defaults(fn=_cmd_sample)
+
+    p = sub.add_parser("interpolate", help="multiply a video's frame rate")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--factor", type=int, default=2, choices=[2, 4, 8])
+    p.add_argument("--batch", type=int, default=1, help="windows per model call")
+    p.add_argument("--no-scene-cuts", action="store_true",
+                   help="interpolate across detected scene cuts too")
+    _common_inference(p, "default-interp")
+    p.set_defaults(fn=_cmd_interpolate)
+
+    p = sub.add_parser("i2v", help="animate an image into a clip")
+    p.add_argument("input", metavar="IMAGE")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--fps", type=float, default=8.0)
+    _common_inference(p, None)
+    p.set_defaults(fn=_cmd_i2v)
+
+    p = sub.add_parser("upscale", help="video super-resolution")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--scale", type=int, default=None, choices=[2, 4])
+    p.add_argument("--batch", type=int, default=1)
+    _common_inference(p, None)
+    p.set_defaults(fn=_cmd_upscale)
+
+    p = sub.add_parser("eval", help="score a model and the baselines on held-out clips")
+    p.add_argument("--task", required=True, choices=["interp", "i2v", "vsr"])
+    p.add_argument("--data", required=True, help="a video file or a folder of videos")
+    p.add_argument("--model", default=None, help="omit to score only the baselines")
+    p.add_argument("--steps", type=_steps_list, default=None, help="e.g. 1,2,5,10,50")
+    p.add_argument("--baselines", action="store_true")
+    p.add_argument("-o", "--output", default="outputs/eval")
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--factor", type=int, default=None)
+    p.add_argument("--scale", type=int, default=None)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--clips-per-video", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lpips-weights", default=None, help="local LPIPS weights (.pth)")
+    p.add_argument("--fid-weights", default=None, help="local Inception weights")
+    p.add_argument("--fvd-weights", default=None, help="local I3D weights")
+    p.set_defaults(fn=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"tcvbm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tcvbm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Conversions between model clips and pixels, and quick-look pictures.
+
+Model space is float ``(C, N, H, W)`` (or batched ``(B, C, N, H, W)``) in [-1, 1];
+pixel space is uint8 ``(N, H, W, 3)`` (or ``(B, N, H, W, 3)``), what readers return
+and writers take. The two conversions are exact inverses on uint8 values.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["to_uint8", "from_uint8", "save_grid_png", "save_gif"]
+
+
+def to_uint8(clip: torch.Tensor) -> torch.Tensor:
+    """float ``([B,] C, N, H, W)`` in [-1, 1] -> uint8 ``([B,] N, H, W, 3)`` (1 channel -> gray RGB)."""
+    if not isinstance(clip, torch.Tensor) or clip.ndim not in (4, 5) or clip.shape[-4] not in (1, 3):
+        shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+        raise ValueError(f"clip must be a ([B,] C, N, H, W) tensor with C in (1, 3), got {shape}")
+    x = ((clip.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = x.movedim(-4, -1)
+    return x.expand(*x.shape[:-1], 3).contiguous() if x.shape[-1] == 1 else x.contiguous()
+
+
+def from_uint8(frames: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``([B,] N, H, W, 3)`` -> float ``([B,] 3, N, H, W)`` in [-1, 1]."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    if frames.dtype != torch.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 ([B,] N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    return frames.movedim(-1, -4).to(dtype).div(127.5).sub(1)
+
+
+def _as_pixels(clips) -> np.ndarray:
+    """A clip, a batch or a list of clips (float or uint8) -> uint8 (rows, N, H, W, 3)."""
+    if isinstance(clips, (list, tuple)):
+        rows = [_as_pixels(c) for c in clips]
+        n = max(r.shape[1] for r in rows)
+        hw = {r.shape[2:4] for r in rows}
+        if len(hw) != 1:
+            raise ValueError(f"all rows of a grid need the same frame size, got {sorted(hw)}")
+        pad = [np.pad(r, ((0, 0), (0, n - r.shape[1]), (0, 0), (0, 0), (0, 0))) for r in rows]
+        return np.concatenate(pad)
+    if isinstance(clips, np.ndarray):
+        clips = torch.from_numpy(clips)
+    if clips.dtype == torch.uint8:
+        pixels = clips if clips.ndim == 5 else clips[None]
+    else:
+        pixels = to_uint8(clips)
+        pixels = pixels if pixels.ndim == 5 else pixels[None]
+    if pixels.ndim != 5:
+        raise ValueError(f"cannot make a picture of a tensor of shape {tuple(clips.shape)}")
+    return pixels.numpy()
+
+
+def _save_atomic(image: Image.Image, path: str | os.PathLike, **kwargs) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext}")
+    try:
+        image.save(tmp, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_grid_png(
+    clips: torch.Tensor | np.ndarray | Sequence, path: str | os.PathLike, pad: int = 2, max_frames: int | None = None
+) -> str:
+    """One row per clip, one column per frame, on a white background.
+
+    ``clips``: float ``([B,] C, N, H, W)`` in [-1, 1], uint8 ``([B,] N, H, W, 3)``, or a
+    list of those (rows may differ in frame count). Returns the path.
+    """
+    pixels = _as_pixels(clips)
+    if max_frames is not None:
+        pixels = pixels[:, :max_frames]
+    rows, n, h, w, _ = pixels.shape
+    grid = np.full((rows * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for r in range(rows):
+        for c in range(n):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            grid[y : y + h, x : x + w] = pixels[r, c]
+    return _save_atomic(Image.fromarray(grid), path)
+
+
+def save_gif(clips: torch.Tensor | np.ndarray | Sequence, path: str | os.PathLike, fps: float = 8.0, pad: int = 2) -> str:
+    """An animated GIF; several clips play side by side. Same inputs as :func:`save_grid_png`."""
+    pixels = _as_pixels(clips)
+    rows, n, h, w, _ = pixels.shape
+    frames = []
+    for t in range(n):
+        canvas = np.full((h, rows * (w + pad) - pad, 3), 255, np.uint8)
+        for r in range(rows):
+            canvas[:, r * (w + pad) : r * (w + pad) + w] = pixels[r, t]
+        frames.append(Image.fromarray(canvas))
+    duration = max(20, round(1000 / fps))
+    return _save_atomic(frames[0], path, save_all=True, append_images=frames[1:], duration=duration, loop=0)

@@ -1,0 +1,221 @@
+"""Building blocks shared by the backbones, and the base class that fixes their contract.
+
+:class:`VideoBackbone` owns everything that is the same for the UNet and the DiT: input
+checks, stacking ``x_t``, the source clip and the generator noise on channels, the optional
+residual over the source, widening the first layer for noise channels, switching temporal
+layers off, and diffusers' save/load. Subclasses only map stacked inputs and ``t`` to pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from torch import nn
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters, so a residual branch ending in it starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32: bf16 statistics over large groups are too coarse."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in float32, for the same reason as :class:`GroupNorm32`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+class RMSNorm32(nn.Module):
+    """RMS normalisation over the last dimension in float32 with a learned gain."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type(x.dtype)
+
+
+def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features ``(B, dim)`` of ``t`` in [0, 1] (scaled by 1000 so that the
+    fastest frequencies resolve the fine time differences a few-step sampler makes)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    """``t`` -> sinusoidal features -> MLP -> a ``(B, dim)`` conditioning vector."""
+
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t, self.freq_dim))
+
+
+class TemporalModule(nn.Module):
+    """A layer that mixes information across frames.
+
+    It must act as the identity when it is inactive: for a single frame (so an image model
+    and a video model are one network with one set of weights) or when switched off with
+    :meth:`VideoBackbone.set_temporal_enabled` (frames then pass through independently).
+    """
+
+    temporal_enabled: bool = True
+
+    def temporal_active(self, num_frames: int) -> bool:
+        return self.temporal_enabled and num_frames > 1
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad the last two dims of ``x`` up to a multiple of ``multiple``.
+
+    Replicate (not zero) padding keeps the border statistics close to the image's own, so the
+    crop that follows sees little edge artefact; reflect would fail on tiny inputs.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+class VideoBackbone(ModelMixin, ConfigMixin):
+    """Base class of the x0-predicting backbones on clips ``(B, C, N, H, W)``.
+
+    Channel order of the first layer is ``[x_t, source clip (if conditional), noise]``; noise
+    comes last so that :meth:`add_noise_channels` can append zero-initialised input channels.
+    Subclasses register these config keys: ``in_channels``, ``out_channels``,
+    ``conditional``, ``noise_channels``, ``predict_residual``, and implement
+    :meth:`first_conv` and :meth:`predict`.
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = True
+
+    @staticmethod
+    def stacked_channels(in_channels: int, conditional: bool, noise_channels: int) -> int:
+        """Number of channels the first layer sees."""
+        if noise_channels < 0:
+            raise ValueError(f"noise_channels must be >= 0, got {noise_channels}")
+        return in_channels * (2 if conditional else 1) + noise_channels
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """diffusers' loader, then every tensor copied into its own storage.
+
+        Loaded tensors are views into the file buffer at arbitrary byte offsets; unaligned
+        storage sends CPU kernels down other SIMD paths and changes outputs in the last bits.
+        Fresh copies make a loaded model compute exactly what the saved one did.
+        """
+        model = super().from_pretrained(*args, **kwargs)
+        with torch.no_grad():
+            for tensor in (*model.parameters(), *model.buffers()):
+                tensor.data = tensor.data.clone()
+        return model
+
+    def first_conv(self) -> nn.Conv2d:
+        """The layer that reads the stacked input channels."""
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Map stacked inputs ``(B, C_in, N, H, W)`` and ``t`` ``(B,)`` to ``(B, out, N, H, W)``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the clean clip x0 from ``x_t`` at time ``t``.
+
+        Args:
+            x_t: ``(B, C, N, H, W)`` in [-1, 1]; any N >= 1 and any H, W.
+            t: ``(B,)`` times in [0, 1] (a scalar is broadcast over the batch).
+            cond: the source clip ``x1``, shaped like ``x_t``; required when the config says
+                ``conditional``, ignored otherwise.
+            noise: ``(B, noise_channels, N, H, W)`` generator noise; drawn from N(0, I) when
+                omitted on a model with noise channels, refused on a model without them.
+
+        Returns:
+            x0 prediction shaped like ``x_t``; with ``predict_residual`` it is the source clip
+            (or ``x_t`` for an unconditional model) plus the network output.
+        """
+        cfg = self.config
+        if x_t.ndim != 5 or x_t.shape[1] != cfg.in_channels:
+            raise ValueError(f"x_t must be (B, {cfg.in_channels}, N, H, W), got {tuple(x_t.shape)}")
+        b, _, n, h, w = x_t.shape
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"t must be a scalar or shaped ({b},), got {tuple(t.shape)}")
+        parts = [x_t]
+        if cfg.conditional:
+            if cond is None or cond.shape != x_t.shape:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"cond must be shaped like x_t {tuple(x_t.shape)} for a conditional model, got {got}")
+            parts.append(cond.to(x_t.dtype))
+        if cfg.noise_channels:
+            if noise is None:
+                noise = torch.randn(b, cfg.noise_channels, n, h, w, device=x_t.device, dtype=x_t.dtype)
+            if noise.shape != (b, cfg.noise_channels, n, h, w):
+                raise ValueError(
+                    f"noise must be {(b, cfg.noise_channels, n, h, w)}, got {tuple(noise.shape)}"
+                )
+            parts.append(noise.to(x_t.dtype))
+        elif noise is not None:
+            raise ValueError("noise given to a model without noise channels (call add_noise_channels first)")
+        out = self.predict(torch.cat(parts, dim=1), t)
+        if cfg.predict_residual:
+            out = out + (parts[1] if cfg.conditional else x_t)
+        return out
+
+    @torch.no_grad()
+    def add_noise_channels(self, k: int) -> None:
+        """Append ``k`` zero-initialised noise input channels to the first layer.
+
+        Outputs are unchanged at this moment (the new weights are zero), which is what lets
+        the distillation generator start exactly at the teacher. The config's
+        ``noise_channels`` is updated so ``save_pretrained``/``from_pretrained`` round-trip.
+        Parameters are replaced: build the optimizer after calling this.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        conv = self.first_conv()
+        w = conv.weight
+        extra = torch.zeros(w.shape[0], k, *w.shape[2:], device=w.device, dtype=w.dtype)
+        conv.weight = nn.Parameter(torch.cat([w, extra], dim=1))
+        conv.in_channels += k
+        self.register_to_config(noise_channels=self.config.noise_channels + k)
+
+    def set_temporal_enabled(self, enabled: bool) -> None:
+        """Switch every temporal layer on or off; off, each frame is processed on its own."""
+        for module in self.modules():
+            if isinstance(module, TemporalModule):
+                module.temporal_enabled = enabled
+
+    def checkpointed(self, block: nn.Module, *args):
+        """Run ``block(*args)``, under activation checkpointing when it is enabled and needed."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(block, *args)
+        return block(*args)

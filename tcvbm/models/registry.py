@@ -1,0 +1,98 @@
+"""Build backbones by name, from a YAML file, or from a saved directory.
+
+The named configurations are the YAML files in ``configs/models/`` at the repository root
+(their single source of truth). An installed wheel has no repository root, so the package
+directory ``tcvbm/configs/models/`` is searched next; the package-data pattern
+``configs/**/*.yaml`` already ships files placed there. A YAML config holds ``arch``
+(``unet`` or ``dit``) and the constructor arguments of that architecture.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .dit import DiTVideo
+from .layers import VideoBackbone
+from .unet import UNetVideo
+
+ARCHITECTURES: dict[str, type[VideoBackbone]] = {"unet": UNetVideo, "dit": DiTVideo}
+_CLASSES: dict[str, type[VideoBackbone]] = {cls.__name__: cls for cls in ARCHITECTURES.values()}
+_CONFIG_DIRS = (
+    Path(__file__).resolve().parents[2] / "configs" / "models",
+    Path(__file__).resolve().parents[1] / "configs" / "models",
+)
+
+
+def _config_dir() -> Path | None:
+    return next((d for d in _CONFIG_DIRS if d.is_dir()), None)
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`create` (the stems of the shipped YAML configs)."""
+    d = _config_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d else []
+
+
+def _check_kwargs(cls: type[VideoBackbone], kwargs: dict[str, Any], source: str) -> None:
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} option(s) {unknown}; valid: {sorted(allowed)}")
+
+
+def from_yaml(path: str | Path, **overrides: Any) -> VideoBackbone:
+    """A freshly initialised backbone from a YAML config, with keyword ``overrides`` applied."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read model config: {err}") from err
+    if not isinstance(spec, dict) or spec.get("arch") not in ARCHITECTURES:
+        raise ValueError(f"{path}: a model config is a mapping with 'arch' in {sorted(ARCHITECTURES)}")
+    spec = dict(spec)
+    cls = ARCHITECTURES[spec.pop("arch")]
+    _check_kwargs(cls, spec, str(path))
+    _check_kwargs(cls, overrides, "overrides")
+    return cls(**{**spec, **overrides})
+
+
+def load_pretrained(path: str | Path, **kwargs: Any) -> VideoBackbone:
+    """Load a directory written by ``save_pretrained``; the class is read from its config.
+
+    ``kwargs`` go to diffusers' ``from_pretrained`` (for example ``torch_dtype``).
+    """
+    config = Path(path) / "config.json"
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{config}: not a saved model directory: {err}") from err
+    if class_name not in _CLASSES:
+        raise ValueError(f"{config}: unknown model class {class_name!r}; known: {sorted(_CLASSES)}")
+    return _CLASSES[class_name].from_pretrained(str(path), **kwargs)
+
+
+def create(name_or_path: str | Path, **overrides: Any) -> VideoBackbone:
+    """A backbone from a config name (see :func:`available_models`), a YAML path or a saved dir.
+
+    ``overrides`` replace config entries (for example ``conditional=False``); they are refused
+    for saved directories, whose weights fix the architecture.
+    """
+    names = available_models()
+    if str(name_or_path) in names:
+        return from_yaml(_config_dir() / f"{name_or_path}.yaml", **overrides)
+    path = Path(name_or_path)
+    if path.is_dir() and (path / "config.json").is_file():
+        if overrides:
+            raise ValueError(f"{path}: overrides {sorted(overrides)} cannot be applied to saved weights")
+        return load_pretrained(path)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return from_yaml(path, **overrides)
+    raise ValueError(
+        f"name_or_path {str(name_or_path)!r} is neither a model name {names}, "
+        "a YAML config file, nor a directory saved with save_pretrained"
+    )

@@ -1,0 +1,108 @@
+"""Samplers: pure functions from a source clip ``x1`` to a clean clip ``x0``.
+
+Every sampler has one signature, ``sampler(model_fn, x1, bridge, timesteps, generator=None,
+callback=None) -> x0``: ``model_fn(x_t, t)`` returns an x0 prediction for a (B,) time
+tensor, ``timesteps`` decreases from 1 to 0. Sampling starts at ``t = 1`` where the bridge
+marginal is exactly ``x1`` and walks the grid with a bridge step; the last step (``s = 0``)
+returns the model's prediction, so every sampler returns ``x0`` for an oracle model at any
+number of steps. The math of each step lives in :mod:`tcvbm.bridges`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from tcvbm.bridges import Bridge
+
+__all__ = ["SAMPLERS", "get_sampler", "get_timesteps", "sample_stochastic",
+           "sample_deterministic", "sample_posterior_mean"]
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+Callback = Callable[[dict[str, Any]], None]
+SCHEDULES = {"uniform": 1.0, "quadratic": 2.0, "cubic": 3.0}
+
+
+class Sampler(Protocol):
+    def __call__(self, model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
+                 generator: torch.Generator | None = None,
+                 callback: Callback | None = None) -> Tensor: ...
+
+
+def get_timesteps(num_steps: int, schedule: str = "uniform",
+                  device: torch.device | str | None = None) -> Tensor:
+    """A grid ``1 = t_0 > t_1 > ... > t_K = 0`` of ``num_steps + 1`` float64 times.
+
+    ``uniform`` spaces the times evenly; ``quadratic`` and ``cubic`` use
+    ``t_i = (1 - i/K)^p``, denser near ``t = 0`` where the fine detail is decided.
+    """
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= 1000:
+        raise ValueError(f"num_steps: expected an integer in [1, 1000], got {num_steps!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {schedule!r}")
+    u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=device)
+    return u ** SCHEDULES[schedule]
+
+
+def _check_timesteps(timesteps: Tensor) -> Tensor:
+    timesteps = torch.as_tensor(timesteps, dtype=torch.float64)
+    if (timesteps.dim() != 1 or timesteps.numel() < 2 or float(timesteps[0]) != 1.0
+            or float(timesteps[-1]) != 0.0 or bool((timesteps[1:] >= timesteps[:-1]).any())):
+        raise ValueError("timesteps: expected a 1-D grid decreasing strictly from 1.0 to 0.0, "
+                         f"got {timesteps.tolist()}")
+    return timesteps
+
+
+def _walk(step: Callable[..., Tensor], model_fn: ModelFn, x1: Tensor, timesteps: Tensor,
+          callback: Callback | None) -> Tensor:
+    """Shared loop: predict x0 at each grid time, then ``step`` to the next time."""
+    timesteps = _check_timesteps(timesteps).tolist()
+    batch = x1.shape[0]
+    x = x1
+    for i, (t, s) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+        t_vec = torch.full((batch,), t, device=x1.device, dtype=torch.float32)
+        x0_hat = model_fn(x, t_vec)
+        x = step(x0_hat, x, t, s)
+        if callback is not None:
+            callback({"i": i, "t": t, "s": s, "x": x, "x0_hat": x0_hat})
+    return x
+
+
+def sample_stochastic(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
+                      generator: torch.Generator | None = None,
+                      callback: Callback | None = None) -> Tensor:
+    """Ancestral posterior sampling (I2SB-like): ``X_s ~ q(X_s | X_0 = x0_hat, X_t)``."""
+    return _walk(lambda x0, xt, t, s: bridge.posterior_step(x0, xt, x1, t, s, generator=generator),
+                 model_fn, x1, timesteps, callback)
+
+
+def sample_posterior_mean(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
+                          generator: torch.Generator | None = None,
+                          callback: Callback | None = None) -> Tensor:
+    """The posterior step without its noise: deterministic, and it shrinks the noise
+    already in ``X_t`` faster than the marginals do, which suits very few steps."""
+    return _walk(lambda x0, xt, t, s: bridge.posterior_step(x0, xt, x1, t, s, noise=False),
+                 model_fn, x1, timesteps, callback)
+
+
+def sample_deterministic(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
+                         generator: torch.Generator | None = None,
+                         callback: Callback | None = None) -> Tensor:
+    """DDIM-style: keep the noise implied by ``X_t`` and rescale it to time ``s``."""
+    return _walk(lambda x0, xt, t, s: bridge.deterministic_step(x0, xt, x1, t, s),
+                 model_fn, x1, timesteps, callback)
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "stochastic": sample_stochastic,
+    "deterministic": sample_deterministic,
+    "posterior-mean": sample_posterior_mean,
+}
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler: unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]

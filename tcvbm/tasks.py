@@ -1,0 +1,250 @@
+"""Tasks: how a clean clip ``X_0`` becomes the source clip ``X_1`` a bridge starts from.
+
+Each task splits that into two steps so that training and inference share one code path:
+
+* ``degrade(x0)`` gives what a user actually has (keyframes, a first frame, a low-resolution
+  clip, a blurred or noisy clip);
+* ``lift(observation, num_frames)`` turns that observation into the source clip in model
+  space (same frame count and size as ``X_0``).
+
+Training calls ``task(x0)`` (both steps); inference calls ``lift`` on real input. Images are
+clips with one frame and go through the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Task", "TaskSample", "FrameInterpolation", "ImageToVideo", "SuperResolution",
+           "Blur", "Noise", "TASKS", "get_task", "task_from_config"]
+
+
+class TaskSample(NamedTuple):
+    source: Tensor       # X_1, (B, C, N, H, W)
+    mask: Tensor         # (B, 1, N, 1, 1) bool: frames of X_0 that the source carries exactly
+    observation: Tensor  # what degrade() returned
+
+
+def _check_clip(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 5:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name}: expected a (B, C, N, H, W) tensor, got {shape}")
+
+
+def _per_frame(fn, x: Tensor) -> Tensor:
+    """Apply an image op ``fn((B*N, C, H, W))`` to every frame of a clip."""
+    b, c, n, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(b * n, c, h, w)
+    out = fn(frames)
+    return out.reshape(b, n, c, *out.shape[-2:]).transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class: subclasses define ``degrade``, ``lift`` and ``known_frames``."""
+
+    name: ClassVar[str]
+
+    def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def lift(self, observation: Tensor, num_frames: int) -> Tensor:
+        raise NotImplementedError
+
+    def known_frames(self, num_frames: int) -> Tensor:
+        """(N,) bool: frames the source carries exactly (none by default)."""
+        return torch.zeros(num_frames, dtype=torch.bool)
+
+    def __call__(self, x0: Tensor, generator: torch.Generator | None = None) -> TaskSample:
+        _check_clip("x0", x0)
+        num_frames = x0.shape[2]
+        observation = self.degrade(x0, generator)
+        source = self.lift(observation, num_frames)
+        mask = self.known_frames(num_frames).to(x0.device).view(1, 1, num_frames, 1, 1)
+        return TaskSample(source, mask.expand(x0.shape[0], -1, -1, -1, -1), observation)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class FrameInterpolation(Task):
+    """Keep every ``factor``-th frame; fill the frames in between from their neighbours.
+
+    Keyframes sit at 0, f, 2f, ...; ``N = K f + 1`` frames fit ``K + 1`` keyframes exactly.
+    Frames after the last keyframe (when ``N - 1`` is not a multiple of ``f``) hold it.
+    ``mode="blend"`` mixes the two neighbouring keyframes linearly, ``"nearest"`` copies
+    the closer one (the earlier one on a tie).
+    """
+
+    factor: int = 2
+    mode: str = "blend"
+    name: ClassVar[str] = "interp"
+
+    def __post_init__(self) -> None:
+        if self.factor not in (2, 4, 8):
+            raise ValueError(f"factor: expected 2, 4 or 8, got {self.factor!r}")
+        if self.mode not in ("blend", "nearest"):
+            raise ValueError(f"mode: expected 'blend' or 'nearest', got {self.mode!r}")
+
+    def num_keyframes(self, num_frames: int) -> int:
+        return (num_frames - 1) // self.factor + 1
+
+    def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_clip("x0", x0)
+        return x0[:, :, :: self.factor]
+
+    def lift(self, observation: Tensor, num_frames: int) -> Tensor:
+        _check_clip("observation", observation)
+        k = observation.shape[2]
+        if k != self.num_keyframes(num_frames):
+            raise ValueError(
+                f"observation: {k} keyframes do not fill {num_frames} frames at factor "
+                f"{self.factor} (expected {self.num_keyframes(num_frames)})")
+        pos = torch.arange(num_frames, device=observation.device)
+        left = torch.div(pos, self.factor, rounding_mode="floor")
+        right = (left + 1).clamp_max(k - 1)
+        alpha = (pos - left * self.factor).to(observation.dtype) / self.factor
+        alpha = torch.where(right == left, torch.zeros_like(alpha), alpha)
+        if self.mode == "nearest":
+            alpha = (alpha > 0.5).to(observation.dtype)
+        alpha = alpha.view(1, 1, num_frames, 1, 1)
+        return (1 - alpha) * observation[:, :, left] + alpha * observation[:, :, right]
+
+    def known_frames(self, num_frames: int) -> Tensor:
+        return torch.arange(num_frames) % self.factor == 0
+
+
+@dataclass(frozen=True)
+class ImageToVideo(Task):
+    """The first frame, repeated over the clip."""
+
+    name: ClassVar[str] = "i2v"
+
+    def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_clip("x0", x0)
+        return x0[:, :, :1]
+
+    def lift(self, observation: Tensor, num_frames: int) -> Tensor:
+        _check_clip("observation", observation)
+        if observation.shape[2] != 1:
+            raise ValueError(f"observation: expected one frame, got {observation.shape[2]}")
+        return observation.expand(-1, -1, num_frames, -1, -1).contiguous()
+
+    def known_frames(self, num_frames: int) -> Tensor:
+        return torch.arange(num_frames) == 0
+
+
+@dataclass(frozen=True)
+class SuperResolution(Task):
+    """Antialiased bicubic downscale by ``scale``; the source is its bicubic upscale."""
+
+    scale: int = 4
+    name: ClassVar[str] = "vsr"
+
+    def __post_init__(self) -> None:
+        if self.scale not in (2, 3, 4, 8):
+            raise ValueError(f"scale: expected 2, 3, 4 or 8, got {self.scale!r}")
+
+    def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_clip("x0", x0)
+        h, w = x0.shape[-2:]
+        if h % self.scale or w % self.scale:
+            raise ValueError(f"x0: size {h}x{w} is not divisible by scale {self.scale}")
+        size = (h // self.scale, w // self.scale)
+        return _per_frame(lambda f: F.interpolate(f, size=size, mode="bicubic",
+                                                  antialias=True, align_corners=False), x0)
+
+    def lift(self, observation: Tensor, num_frames: int) -> Tensor:
+        _check_clip("observation", observation)
+        size = (observation.shape[-2] * self.scale, observation.shape[-1] * self.scale)
+        up = _per_frame(lambda f: F.interpolate(f, size=size, mode="bicubic",
+                                                align_corners=False), observation)
+        return up.clamp(-1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Blur(Task):
+    """Separable Gaussian blur of standard deviation ``sigma`` pixels on every frame."""
+
+    sigma: float = 1.5
+    name: ClassVar[str] = "blur"
+
+    def __post_init__(self) -> None:
+        if not self.sigma > 0:
+            raise ValueError(f"sigma: must be > 0, got {self.sigma!r}")
+
+    def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_clip("x0", x0)
+        radius = max(1, math.ceil(3 * self.sigma))
+        grid = torch.arange(-radius, radius + 1, device=x0.device, dtype=x0.dtype)
+        kernel = torch.exp(-0.5 * (grid / self.sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        c = x0.shape[1]
+
+        def blur(f: Tensor) -> Tensor:
+            f = F.pad(f, (radius, radius, radius, radius), mode="replicate")
+            f = F.conv2d(f, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+            return F.conv2d(f, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+        return _per_frame(blur, x0)
+
+    def lift(self, observation: Tensor, num_frames: int) -> Tensor:
+        _check_clip("observation", observation)
+        return observation
+
+
+@dataclass(frozen=True)
+class Noise(Task):
+    """Additive Gaussian noise of standard deviation ``sigma`` (in [-1, 1] units)."""
+
+    sigma: float = 0.1
+    name: ClassVar[str] = "noise"
+
+    def __post_init__(self) -> None:
+        if not self.sigma > 0:
+            raise ValueError(f"sigma: must be > 0, got {self.sigma!r}")
+
+    def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_clip("x0", x0)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return x0 + self.sigma * noise
+
+    def lift(self, observation: Tensor, num_frames: int) -> Tensor:
+        _check_clip("observation", observation)
+        return observation
+
+
+TASKS: dict[str, type[Task]] = {
+    "interp": FrameInterpolation,
+    "i2v": ImageToVideo,
+    "vsr": SuperResolution,
+    # Image restoration: the same classes on one-frame clips.
+    "image-sr": SuperResolution,
+    "image-blur": Blur,
+    "image-noise": Noise,
+    "blur": Blur,
+    "noise": Noise,
+}
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build a task by name: ``get_task("interp", factor=4)``."""
+    if name not in TASKS:
+        raise ValueError(f"task: unknown task {name!r}; expected one of {sorted(TASKS)}")
+    try:
+        return TASKS[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"task {name!r}: bad arguments {kwargs}: {err}") from None
+
+
+def task_from_config(config: dict[str, Any]) -> Task:
+    """Inverse of :meth:`Task.to_config`."""
+    config = dict(config)
+    return get_task(config.pop("name"), **config)
