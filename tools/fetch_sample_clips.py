@@ -120,14 +120,38 @@ def fetch(out: Path, force: bool = False) -> dict:
     return manifest
 
 
+# The split the shipped models were trained and evaluated with: carphone is never trained on.
+SPLITS = {"train": ("bikes", "bigbuckbunny"), "val": ("carphone",)}
+
+
+def make_splits(out: Path, manifest: dict) -> None:
+    """Hard-link the clips into ``out/train`` and ``out/val`` (VideoFolder picks a split
+    folder when it exists), so training never sees the held-out clip."""
+    for split, names in SPLITS.items():
+        folder = out / split
+        folder.mkdir(exist_ok=True)
+        for name in names:
+            src, dst = out / manifest[name]["file"], folder / manifest[name]["file"]
+            if dst.exists() and dst.stat().st_ino == src.stat().st_ino:
+                continue
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(src, dst)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="target folder")
     parser.add_argument("--force", action="store_true", help="copy even if present")
     args = parser.parse_args(argv)
-    for name, info in fetch(args.out, args.force).items():
+    manifest = fetch(args.out, args.force)
+    make_splits(args.out, manifest)
+    for name, info in manifest.items():
         print(f"{name:13s} {info['width']}x{info['height']}x{info['frames']} "
               f"{info['fps']:.3f} fps audio={'yes' if info['audio'] else 'no'} -> {args.out / info['file']}")
+    print(f"splits: {', '.join(f'{k}/ = {v}' for k, v in SPLITS.items())}")
 
 
 if __name__ == "__main__":

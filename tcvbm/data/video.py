@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import weakref
 from collections.abc import Iterator, Sequence
 
 import av
@@ -206,7 +207,7 @@ class VideoReader(_FrameSource):
         self._height, self._width = probe["height"], probe["width"]
         self.pix_fmt: str = probe["pix_fmt"]
         self.backend = "pyav"
-        if backend == "decord" or (backend == "auto" and decord is not None and self.pix_fmt in _DECORD_PIX_FMTS):
+        if backend == "decord" or (backend == "auto" and _decord_usable() and self.pix_fmt in _DECORD_PIX_FMTS):
             self.backend = self._try_decord(probe["frames"], strict=backend == "decord")
         if self.backend == "pyav":
             self._timestamps = self._pyav_decoder().timestamps
@@ -246,7 +247,6 @@ class VideoReader(_FrameSource):
     def _check_process(self) -> None:
         """After a fork, never touch the parent's decoders (shared file offsets, dead threads)."""
         if self._pid != os.getpid():
-            _FORKED_LEFTOVERS.append((self._pyav, self._decord))
             self._pyav, self._decord, self._pid = None, {}, os.getpid()
 
     def _pyav_decoder(self) -> _PyAVDecoder:
@@ -265,6 +265,7 @@ class VideoReader(_FrameSource):
             except Exception as e:  # decord raises bare RuntimeError/DECORDError
                 raise VideoReadError(self.path, f"decord cannot open it: {_short(e)}") from e
             self._decord[scaled_hw] = reader
+            _LIVE_READERS.add(self)
         return reader
 
     def _try_decord(self, container_frames: int, strict: bool) -> str:
@@ -308,8 +309,32 @@ class VideoReader(_FrameSource):
 
 
 _DECORD_PREFIX = re.compile(r"(\[[0-9:]+\] \S+:\d+: )+")
-# Decoders inherited through fork: dropped without destructors (see _check_process).
+# Readers holding decord handles. decord runs decoder threads, and a process forked
+# while they exist (a DataLoader worker) crashes or hangs when it uses decord again
+# (dmlc/decord#294). So a child keeps inherited handles alive and untouched, and
+# reads with PyAV when its parent had used decord; workers of a parent that only
+# indexed (the datasets index with PyAV) use decord freely.
+_LIVE_READERS: weakref.WeakSet[VideoReader] = weakref.WeakSet()
 _FORKED_LEFTOVERS: list = []
+_DECORD_FORK_TAINTED = False
+
+
+def _keep_inherited_handles() -> None:
+    global _DECORD_FORK_TAINTED
+    for reader in list(_LIVE_READERS):
+        _FORKED_LEFTOVERS.append((reader._pyav, reader._decord))
+        reader._pyav, reader._decord = None, {}
+        _DECORD_FORK_TAINTED = True
+        if reader.backend == "decord" and reader._auto:
+            reader.backend = "pyav"
+    _LIVE_READERS.clear()
+
+
+os.register_at_fork(after_in_child=_keep_inherited_handles)
+
+
+def _decord_usable() -> bool:
+    return decord is not None and not _DECORD_FORK_TAINTED
 
 
 def _short(error: BaseException) -> str:

@@ -1,0 +1,53 @@
+"""Video data: exact frame reading, clip datasets in common layouts, atomic writing.
+
+Public names: :class:`VideoReader`, :class:`VideoFolder`, :func:`build_dataset`,
+:func:`write_video` (and :class:`VideoWriter` for streaming), :class:`VideoReadError`,
+the layout datasets, and the pixel helpers :func:`to_uint8`, :func:`from_uint8`,
+:func:`save_grid_png`, :func:`save_gif`. See docs/data.md.
+"""
+
+from tcvbm.data.datasets import (
+    DAVIS,
+    LAYOUTS,
+    REDS,
+    UCF101,
+    ClipDataset,
+    Entry,
+    ImageFolder,
+    VideoFolder,
+    Vimeo90K,
+    build_dataset,
+    default_cache_dir,
+    detect_layout,
+)
+from tcvbm.data.errors import SkippedVideoWarning, VideoReadError
+from tcvbm.data.video import ImageSequenceReader, VideoReader, cover_geometry
+from tcvbm.data.visual import from_uint8, save_gif, save_grid_png, to_uint8
+from tcvbm.data.writer import DEFAULT_GOP, VideoWriter, write_video
+
+__all__ = [
+    "VideoReader",
+    "ImageSequenceReader",
+    "VideoReadError",
+    "SkippedVideoWarning",
+    "cover_geometry",
+    "write_video",
+    "VideoWriter",
+    "DEFAULT_GOP",
+    "ClipDataset",
+    "Entry",
+    "VideoFolder",
+    "UCF101",
+    "Vimeo90K",
+    "REDS",
+    "DAVIS",
+    "ImageFolder",
+    "LAYOUTS",
+    "build_dataset",
+    "detect_layout",
+    "default_cache_dir",
+    "to_uint8",
+    "from_uint8",
+    "save_grid_png",
+    "save_gif",
+]
