@@ -1,0 +1,345 @@
+"""Training objectives: bridge matching and inverse bridge-matching distillation.
+
+Both are written for the one loop in :mod:`tcvbm.train.loop`. An objective names the
+networks it trains (``trainables``), says which one a given step updates (``phase``), and
+turns a batch of clean clips into a scalar loss for that phase (``loss``). The loop owns
+everything else: optimizers, EMA, precision, checkpoints.
+
+Randomness comes from :class:`SampleRandom`: every sample of a step draws its time, noise
+and degradation from its own generator, seeded by (run seed, step, slot in the global
+batch). A sample's randomness therefore does not depend on how the global batch is split
+over processes or micro-batches, so one process and several processes compute the same
+losses, and a resumed run repeats the draws of an uninterrupted one.
+
+The math (bridge marginals, posterior steps) lives in :mod:`tcvbm.bridges`; the losses
+follow ``docs/training.md`` and the distillation notes it points to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from tcvbm.bridges import Bridge
+from tcvbm.samplers import get_timesteps
+from tcvbm.tasks import Task
+
+__all__ = ["SampleRandom", "TimeSampler", "Weighting", "LossOutput", "BridgeMatching",
+           "InverseDistillation", "per_sample_mse", "bridge_matching_loss", "fake_loss",
+           "generator_loss", "frozen", "STUDENT_STEPS"]
+
+_MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads nearby seeds apart
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (a splitmix-style hash; deterministic across processes)."""
+    h = 0
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * _MIX & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class SampleRandom:
+    """Per-sample random streams for one micro-batch.
+
+    ``slots`` are the samples' positions in the step's global batch (``group`` of them in
+    all); ``shared`` is one generator common to the whole step on every process, for choices
+    that must be the same for all samples (such as a few-step student's grid point).
+    """
+
+    def __init__(self, seed: int, step: int, slots: Sequence[int], group: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.slots = list(slots)
+        self.group = group
+        self.generators = [torch.Generator(self.device).manual_seed(_mix_seed(seed, step, s))
+                           for s in self.slots]
+        self.shared = torch.Generator(self.device).manual_seed(_mix_seed(seed, step, -1))
+
+    def rand(self) -> Tensor:
+        """(B,) uniforms in [0, 1)."""
+        return torch.cat([torch.rand(1, generator=g, device=self.device) for g in self.generators])
+
+    def randn(self, *shape: int) -> Tensor:
+        """(B, *shape) standard normals, each sample from its own stream."""
+        return torch.stack([torch.randn(shape, generator=g, device=self.device)
+                            for g in self.generators])
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        return self.randn(*x.shape[1:]).to(x.dtype)
+
+    def randint_shared(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.shared, device=self.device))
+
+
+@dataclass(frozen=True)
+class TimeSampler:
+    """Draws training times t in [t_min, t_max].
+
+    ``uniform``: t ~ U. ``logit-normal``: logit(t) ~ N(mean, std), which spends more steps
+    at mid times. ``stratified``: one uniform per slot of the global batch, so a batch
+    covers [t_min, t_max] evenly (lower variance of the batch loss).
+    """
+
+    scheme: str = "uniform"
+    t_min: float = 1e-3
+    t_max: float = 0.999
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("uniform", "logit-normal", "stratified"):
+            raise ValueError(f"t_sampling: unknown scheme {self.scheme!r}")
+        if not 0.0 < self.t_min < self.t_max < 1.0:
+            raise ValueError(f"t_min/t_max: need 0 < t_min < t_max < 1, got {self.t_min}, {self.t_max}")
+
+    def __call__(self, rng: SampleRandom) -> Tensor:
+        if self.scheme == "logit-normal":
+            u = torch.sigmoid(self.logit_mean + self.logit_std * rng.randn())
+        elif self.scheme == "stratified":
+            slots = torch.tensor(rng.slots, device=rng.device, dtype=torch.float32)
+            u = (slots + rng.rand()) / rng.group
+        else:
+            u = rng.rand()
+        return self.t_min + (self.t_max - self.t_min) * u
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """lambda(t), the per-time loss weight (the same in every loss of a run).
+
+    ``none``: 1. ``min-snr``: min(snr, gamma) / gamma with the Brownian-bridge signal to
+    noise ratio snr = (1 - t) / t, which down-weights the easy times near t = 0 relative
+    to an eps-prediction loss. ``sigmoid``: sigmoid(bias - logit t), a smooth version.
+    """
+
+    kind: str = "none"
+    snr_gamma: float = 5.0
+    sigmoid_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("none", "min-snr", "sigmoid"):
+            raise ValueError(f"weighting: unknown kind {self.kind!r}")
+
+    def __call__(self, t: Tensor) -> Tensor:
+        t = t.float()
+        if self.kind == "min-snr":
+            return ((1 - t) / t).clamp_max(self.snr_gamma) / self.snr_gamma
+        if self.kind == "sigmoid":
+            return torch.sigmoid(self.sigmoid_bias - torch.logit(t))
+        return torch.ones_like(t)
+
+
+@dataclass
+class LossOutput:
+    """A phase's loss: the scalar to back-propagate and per-sample values for the logs."""
+
+    loss: Tensor
+    per_sample: Tensor  # (B,) detached, float32
+    t: Tensor  # (B,) the times the per-sample losses belong to
+    extra: dict[str, Tensor] = field(default_factory=dict)  # (B,) detached extra terms
+
+
+def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error per sample, in float32 whatever the autocast precision."""
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def bridge_matching_loss(model: nn.Module, bridge: Bridge, x0: Tensor, x1: Tensor, t: Tensor,
+                         noise: Tensor, weight: Tensor, target: Tensor | None = None) -> Tensor:
+    """lambda(t) || f(X_t, t, X_1) - target ||^2 per sample, with X_t from the bridge marginal.
+
+    ``target`` defaults to ``x0``; the real-data distillation term regresses a scaled one.
+    """
+    x_t = bridge.sample(x0, x1, t, noise=noise)
+    pred = model(x_t, t, cond=x1)
+    return weight * per_sample_mse(pred, x0 if target is None else target)
+
+
+def fake_loss(fake: nn.Module, bridge: Bridge, x0_gen: Tensor, x1: Tensor, t: Tensor,
+              noise: Tensor, weight: Tensor, target_scale: float = 1.0) -> Tensor:
+    """The fake model's bridge-matching loss on the generator's (detached) outputs."""
+    x0_gen = x0_gen.detach()
+    return bridge_matching_loss(fake, bridge, x0_gen, x1, t, noise, weight,
+                                target=target_scale * x0_gen)
+
+
+def generator_loss(teacher: nn.Module, fake: nn.Module, bridge: Bridge, x0_gen: Tensor,
+                   x1: Tensor, t: Tensor, noise: Tensor, weight: Tensor,
+                   target_scale: float = 1.0) -> Tensor:
+    """lambda(t) (||T(X_t) - x0||^2 - ||F(X_t) - x0||^2) per sample, nothing detached.
+
+    ``teacher`` and ``fake`` must have frozen parameters (see :func:`frozen`) but are run
+    with autograd on, so the gradient reaches ``x0_gen`` both through the target and
+    through ``X_t``. The difference is taken in float32.
+    """
+    x_t = bridge.sample(x0_gen, x1, t, noise=noise)
+    target = target_scale * x0_gen.float()
+    real = per_sample_mse(teacher(x_t, t, cond=x1), target)
+    fake_term = per_sample_mse(fake(x_t, t, cond=x1), target)
+    return weight * (real - fake_term)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Parameters without gradients for a while; inputs still carry them (never no_grad)."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def _sources(task: Task, x0: Tensor, rng: SampleRandom) -> tuple[Tensor, Tensor]:
+    """Source clips and known-frame masks, each sample degraded with its own stream."""
+    parts = [task(x0[i:i + 1], generator=g) for i, g in enumerate(rng.generators)]
+    return torch.cat([p.source for p in parts]), torch.cat([p.mask for p in parts])
+
+
+class BridgeMatching:
+    """Bridge matching: regress X_0 from X_t (and X_1 when the model is conditional)."""
+
+    kind = "bridge"
+    export = "model"
+
+    def __init__(self, model: nn.Module, bridge: Bridge, task: Task, times: TimeSampler,
+                 weighting: Weighting, lr: float, sampler: str = "stochastic", steps: int = 4) -> None:
+        self.model, self.bridge, self.task = model, bridge, task
+        self.times, self.weighting = times, weighting
+        self.lrs = {"model": lr}
+        self.sampler, self.steps = sampler, steps
+
+    @property
+    def trainables(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def phase(self, step: int) -> str:
+        return "model"
+
+    def to(self, device: torch.device | str) -> "BridgeMatching":
+        """Networks that are not trained stay outside accelerate: none here."""
+        return self
+
+    def updates(self, phase: str, max_steps: int) -> int:
+        """How many optimizer updates ``phase`` gets in a run of ``max_steps`` steps."""
+        return max_steps
+
+    def loss(self, phase: str, nets: Mapping[str, nn.Module], x0: Tensor,
+             rng: SampleRandom) -> LossOutput:
+        x1, _ = _sources(self.task, x0, rng)
+        t = self.times(rng)
+        per = bridge_matching_loss(nets["model"], self.bridge, x0, x1, t, rng.randn_like(x0),
+                                   self.weighting(t))
+        return LossOutput(per.mean(), per.detach(), t.detach())
+
+
+STUDENT_STEPS = {
+    # how a few-step student moves between its grid points (as the sampler of that name does)
+    "stochastic": lambda b, x0, xt, x1, t, s, noise: b.posterior_step(x0, xt, x1, t, s, noise=noise),
+    "posterior-mean": lambda b, x0, xt, x1, t, s, noise: b.posterior_step(x0, xt, x1, t, s, noise=False),
+    "deterministic": lambda b, x0, xt, x1, t, s, noise: b.deterministic_step(x0, xt, x1, t, s),
+}
+
+
+class InverseDistillation:
+    """Inverse bridge-matching distillation of a frozen teacher into a 1-to-K step generator.
+
+    Phases alternate ``fake_per_generator`` fake-model updates and one generator update.
+    ``alpha, beta < 1`` add the real-data term: the fake model also regresses scaled clean
+    clips, and the generator's targets are scaled by ``beta / alpha``.
+    """
+
+    kind = "generator"
+    export = "generator"
+
+    def __init__(self, teacher: nn.Module, fake: nn.Module, generator: nn.Module, bridge: Bridge,
+                 task: Task, times: TimeSampler, weighting: Weighting, lr: float, fake_lr: float,
+                 student_steps: int = 1, student_sampler: str = "stochastic",
+                 fake_per_generator: int = 5, alpha: float = 1.0, beta: float = 1.0) -> None:
+        if student_sampler not in STUDENT_STEPS:
+            raise ValueError(f"student_sampler: expected one of {sorted(STUDENT_STEPS)}, "
+                             f"got {student_sampler!r}")
+        if not (0 < alpha <= 1 and 0 < beta <= 1) or (alpha == 1 and beta != 1):
+            raise ValueError(f"alpha, beta: need 0 < alpha, beta <= 1 and beta = 1 when alpha = 1, "
+                             f"got {alpha}, {beta}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.fake, self.generator = fake, generator
+        self.bridge, self.task, self.times, self.weighting = bridge, task, times, weighting
+        self.lrs = {"fake": fake_lr, "generator": lr}
+        self.sampler, self.steps = student_sampler, student_steps
+        self.ratio, self.alpha, self.beta = fake_per_generator, alpha, beta
+        self.grid = get_timesteps(student_steps)
+
+    @property
+    def trainables(self) -> dict[str, nn.Module]:
+        return {"fake": self.fake, "generator": self.generator}
+
+    def phase(self, step: int) -> str:
+        return "generator" if step % (self.ratio + 1) == self.ratio else "fake"
+
+    def to(self, device: torch.device | str) -> "InverseDistillation":
+        """The frozen teacher is not handed to accelerate: move it here."""
+        self.teacher.to(device)
+        return self
+
+    def updates(self, phase: str, max_steps: int) -> int:
+        gen = max_steps // (self.ratio + 1)
+        return gen if phase == "generator" else max_steps - gen
+
+    def generate(self, generator: nn.Module, x1: Tensor, rng: SampleRandom) -> Tensor:
+        """The student's x0 for this step, differentiable through its last call only.
+
+        A K-step student is rolled from t = 1 down to a grid point chosen at random (the
+        same for the whole step) without gradient; the last call is made with autograd as
+        the caller has it. With K = 1 this is ``G(X_1, z)`` at t = 1.
+        """
+        stop = rng.randint_shared(len(self.grid) - 1)
+        step = STUDENT_STEPS[self.sampler]
+        k = int(self.generator.config.noise_channels)  # ``generator`` may be a DDP wrapper
+        x = x1
+        batch = x1.shape[0]
+        for j in range(stop + 1):
+            t = torch.full((batch,), float(self.grid[j]), device=x1.device)
+            z = rng.randn(k, *x.shape[2:]).to(x.dtype) if k else None
+            if j == stop:
+                return generator(x, t, cond=x1, noise=z)
+            with torch.no_grad():
+                x0_hat = generator(x, t, cond=x1, noise=z)
+                s = torch.full_like(t, float(self.grid[j + 1]))
+                x = step(self.bridge, x0_hat, x, x1, t, s, rng.randn_like(x))
+        raise AssertionError("unreachable")
+
+    def loss(self, phase: str, nets: Mapping[str, nn.Module], x0: Tensor,
+             rng: SampleRandom) -> LossOutput:
+        x1, _ = _sources(self.task, x0, rng)
+        scale = self.beta / self.alpha
+        if phase == "fake":
+            with torch.no_grad():
+                x0_gen = self.generate(nets["generator"], x1, rng)
+            t = self.times(rng)
+            w = self.weighting(t)
+            per = self.alpha * fake_loss(nets["fake"], self.bridge, x0_gen, x1, t,
+                                         rng.randn_like(x0), w, scale)
+            extra = {}
+            if self.alpha < 1:
+                t_real = self.times(rng)
+                real = bridge_matching_loss(
+                    nets["fake"], self.bridge, x0, x1, t_real, rng.randn_like(x0),
+                    self.weighting(t_real), target=(1 - self.beta) / (1 - self.alpha) * x0)
+                per = per + (1 - self.alpha) * real
+                extra["real"] = real.detach()
+            return LossOutput(per.mean(), per.detach(), t.detach(), extra)
+        with frozen(nets["fake"]):
+            x0_gen = self.generate(nets["generator"], x1, rng)
+            t = self.times(rng)
+            per = generator_loss(self.teacher, nets["fake"], self.bridge, x0_gen, x1, t,
+                                 rng.randn_like(x0), self.weighting(t), scale)
+        return LossOutput(per.mean(), per.detach(), t.detach())

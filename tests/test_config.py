@@ -1,0 +1,95 @@
+"""Config loading: inheritance, dotted overrides, and one clear error per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tcvbm.config import CONFIG_DIR, Config, config_to_yaml, load_config
+
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_required_configs_exist() -> None:
+    names = {p.stem for p in SHIPPED}
+    assert {"base", "interp-tiny", "interp-small", "i2v-small", "vsr-small", "image-sr-small",
+            "distill-tiny", "distill-small"} <= names
+
+
+def test_public_overrides_and_lookup_by_name() -> None:
+    cfg = load_config("interp-tiny", ["data.root=/some/dir", "train.max_steps=30",
+                                      "output_dir=out/run", "teacher=runs/t"])
+    assert (cfg.data.root, cfg.train.max_steps, cfg.output_dir, cfg.teacher) == \
+        ("/some/dir", 30, "out/run", "runs/t")
+    assert cfg.task.params == {"factor": 2}
+
+
+def test_base_chain_merges_child_over_parent(tmp_path: Path) -> None:
+    write(tmp_path / "parent.yaml", "train: {max_steps: 10, batch_size: 3}\nseed: 7\n")
+    child = write(tmp_path / "child.yaml", "base: parent.yaml\ntrain: {batch_size: 5}\n")
+    cfg = load_config(child)
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.seed) == (10, 5, 7)
+    again = load_config(write(tmp_path / "round.yaml", config_to_yaml(cfg)))
+    assert again == cfg
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    write(tmp_path / "parent.yaml", "train: {max_steps: 10}\n")
+    child = write(tmp_path / "child.yaml", "base: parent.yaml\ntrain: {max_stpes: 5}\n")
+    with pytest.raises(ValueError, match=r"child\.yaml: unknown key 'train\.max_stpes'"):
+        load_config(child)
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown key 'optimizer'"):
+        load_config(write(tmp_path / "c.yaml", "optimizer: {lr: 1}\n"))
+
+
+def test_wrong_type_names_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"c\.yaml: wrong type for key 'train\.batch_size'"):
+        load_config(write(tmp_path / "c.yaml", "train: {batch_size: many}\n"))
+    with pytest.raises(ValueError, match=r"override 'train\.max_steps=1\.5'.*'train\.max_steps'"):
+        load_config("base", ["train.max_steps=1.5"])
+
+
+@pytest.mark.parametrize("bad", ["train.max_steps", "=3", "train..max_steps=3", "train.max-steps=3"])
+def test_bad_override_syntax(bad: str) -> None:
+    with pytest.raises(ValueError, match="expected key=value"):
+        load_config("base", [bad])
+
+
+def test_unknown_override_key() -> None:
+    with pytest.raises(ValueError, match=r"command-line override 'trian\.max_steps=3': unknown key 'trian'"):
+        load_config("base", ["trian.max_steps=3"])
+
+
+def test_out_of_range_values_name_key() -> None:
+    with pytest.raises(ValueError, match="train.mixed_precision"):
+        load_config("base", ["train.mixed_precision=fp8"])
+    with pytest.raises(ValueError, match="loss.t_sampling"):
+        load_config("base", ["loss.t_sampling=sometimes"])
+    with pytest.raises(ValueError, match="distill.beta"):
+        load_config("base", ["distill.beta=0.5"])
+
+
+def test_inheritance_loop_and_missing_files(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ValueError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ValueError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(write(tmp_path / "broken.yaml", "train: [1, 2\n"))

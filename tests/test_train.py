@@ -1,0 +1,168 @@
+"""The training loop and bridge matching on CPU with a tiny UNet and tiny clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tcvbm.bridges import Bridge
+from tcvbm.config import Config, load_config
+from tcvbm.models import create, load_pretrained
+from tcvbm.runs import load_bundle
+from tcvbm.tasks import get_task
+from tcvbm.train.loop import TrainingDiverged, fit
+from tcvbm.train.objectives import BridgeMatching, TimeSampler, Weighting
+
+# A 68k-parameter UNet: two levels, 8 base channels (about 0.05 s a step on one core).
+TINY_MODEL = dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1],
+                  temporal_attention_levels=[1], head_dim=8, groups=4)
+FRAMES, SIZE = 5, 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The loop is tiny: one thread is faster and keeps shared CPUs usable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Clips(torch.utils.data.Dataset):
+    """Fixed random clips in [-1, 1] (a map-style dataset)."""
+
+    def __init__(self, count: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.clips = torch.rand(count, 3, FRAMES, SIZE, SIZE, generator=g) * 2 - 1
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.clips[i]
+
+
+def tiny_cfg(out: Path, steps: int, lr: float = 5e-3, **train: object) -> Config:
+    cfg = Config()
+    cfg.output_dir = str(out)
+    cfg.data.num_frames, cfg.data.size = FRAMES, [SIZE, SIZE]
+    cfg.optim.lr, cfg.optim.warmup_steps = lr, 5
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.log_every = steps, 4, 1
+    cfg.train.checkpoint_every, cfg.train.progress = 1000, False
+    cfg.eval.num_clips = 0
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def bridge_matching(prior: str = "ar1", seed: int = 0) -> BridgeMatching:
+    torch.manual_seed(seed)
+    return BridgeMatching(create("unet-tiny", **TINY_MODEL), Bridge(FRAMES, prior=prior),
+                          get_task("interp", factor=2), TimeSampler(), Weighting(), lr=5e-3)
+
+
+@pytest.mark.parametrize("prior", ["ar1", "brownian"])
+def test_tiny_model_overfits_one_clip(tmp_path: Path, prior: str) -> None:
+    result = fit(bridge_matching(prior), Clips(1), tiny_cfg(tmp_path, 80))
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < first / 10, (first, last)
+
+
+def test_resumed_run_follows_uninterrupted_trajectory(tmp_path: Path, capsys) -> None:
+    data = Clips(6)
+    full = fit(bridge_matching(), data, tiny_cfg(tmp_path / "full", 12, checkpoint_every=4))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_6(step: int, logs: dict) -> None:
+        if step == 6:
+            raise Interrupt
+
+    cut = tiny_cfg(tmp_path / "cut", 12, checkpoint_every=4)
+    with pytest.raises(Interrupt):
+        fit(bridge_matching(), data, cut, on_step=stop_at_6)
+    resumed = fit(bridge_matching(seed=2), data, cut)  # fresh weights: all state comes from disk
+    assert resumed.resumed_from == 4
+    assert "Resuming from" in capsys.readouterr().out
+    np.testing.assert_allclose(resumed.losses, full.losses[4:], rtol=1e-5, atol=1e-7)
+    logged = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, 13))
+    ema_full = load_pretrained(tmp_path / "full" / "model").state_dict()
+    ema_cut = load_pretrained(tmp_path / "cut" / "model").state_dict()
+    for key, value in ema_full.items():
+        torch.testing.assert_close(ema_cut[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path) -> None:
+    objective = bridge_matching()
+    objective.weighting = lambda t: torch.full_like(t, float("nan"))  # type: ignore[assignment]
+    with pytest.raises(TrainingDiverged, match=r"3 non-finite losses in a row.*max_bad_steps=3"):
+        fit(objective, Clips(2), tiny_cfg(tmp_path, 10, max_bad_steps=3))
+
+
+def test_train_entry_point_on_video_files(tmp_path: Path, make_clip, capsys) -> None:
+    from tcvbm.train.run import train
+
+    for i in range(2):
+        make_clip(tmp_path / "videos" / f"clip{i}.mp4", n=12, h=24, w=24, seed=i)
+    overrides = [f"data.root={tmp_path / 'videos'}", f"output_dir={tmp_path / 'run'}",
+                 "train.max_steps=3", "data.num_frames=5", "data.size=[16,16]",
+                 "data.options={clips_per_video: 4}", "model.params=" + json.dumps(TINY_MODEL),
+                 "train.checkpoint_every=2", "train.progress=false", "eval.num_clips=1",
+                 "eval.steps=2"]
+    result = train(load_config("interp-tiny", overrides))
+    run = tmp_path / "run"
+    assert result.step == 3 and (run / "config.yaml").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    for name in ("grid.png", "sample-0.mp4", "metrics.json"):
+        assert (run / "eval" / "step-3" / name).is_file()
+    bundle = load_bundle(run)
+    assert (bundle.kind, bundle.num_frames, bundle.size, bundle.steps) == ("bridge", 5, (16, 16), 2)
+    assert bundle.task.to_config() == {"name": "interp", "factor": 2, "mode": "blend"}
+
+    again = train(load_config("interp-tiny", overrides[:2] + ["train.max_steps=4"] + overrides[3:]))
+    assert again.resumed_from == 3 and again.step == 4
+    assert "Resuming from" in capsys.readouterr().out
+
+
+TWO_PROCESS_SCRIPT = """
+import json, sys
+import torch
+sys.path.insert(0, {tests!r})
+from test_train import Clips, bridge_matching, tiny_cfg
+from tcvbm.train.loop import fit
+torch.set_num_threads(1)
+cfg = tiny_cfg({out!r}, 5, batch_size=2)
+fit(bridge_matching(), Clips(8), cfg)
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not available")
+def test_two_processes_match_one_at_same_global_batch(tmp_path: Path) -> None:
+    one = fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
+    script = tmp_path / "two.py"
+    script.write_text(textwrap.dedent(TWO_PROCESS_SCRIPT.format(
+        tests=str(Path(__file__).parent), out=str(tmp_path / "two"))))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    two = [r["loss/model"] for r in logged if "loss/model" in r]
+    np.testing.assert_allclose(two, one.losses, rtol=1e-4, atol=1e-6)
+    a = load_pretrained(tmp_path / "one" / "model").state_dict()
+    b = load_pretrained(tmp_path / "two" / "model").state_dict()
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5)
