@@ -1,0 +1,294 @@
+"""Score a model at several step counts and the classical baselines on the same clips.
+
+Clips are cut deterministically from every video in a folder (evenly spaced windows of the
+model's frame count, resized to cover the model's size and centre-cropped), degraded with
+the task, restored by each method, and scored on the frames the method had to make (the
+in-between frames of interpolation, every frame after the first for image-to-video, all
+frames for super-resolution). Results go to ``metrics.json`` (per clip and means),
+``metrics.md`` (one table, model and baselines together) and two plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from tcvbm import metrics
+from tcvbm.baselines import BASELINES
+from tcvbm.pipeline import VIDEO_SUFFIXES, model_label, model_window_fn, resolve_bundle
+from tcvbm.tasks import Task, get_task
+
+__all__ = ["run_eval", "load_eval_clips", "score_clip", "Method"]
+
+COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
+           ("stlpips", "ST-LPIPS", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
+           ("warp_error", "warp err", "{:.4f}"), ("warp_error_gt", "warp err (GT)", "{:.4f}"),
+           ("seconds_per_frame", "s/frame", "{:.4f}")]
+
+
+@dataclass
+class Method:
+    """Something that restores an observation: a model at ``steps`` or a baseline."""
+
+    name: str
+    run: Callable[[Tensor], Tensor]
+    steps: int | None = None
+    results: list[dict] = field(default_factory=list)
+
+
+def _video_files(data: str | os.PathLike) -> list[Path]:
+    root = Path(data)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ValueError(f"data: {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not files:
+        raise ValueError(f"data: no video files under {root}")
+    return files
+
+
+def load_eval_clips(data: str | os.PathLike, num_frames: int, size: tuple[int, int],
+                    clips_per_video: int = 4, stride: int = 1) -> list[tuple[str, Tensor]]:
+    """Deterministic ``(name, clip (3, N, H, W) in [-1, 1])`` pairs from a file or folder.
+
+    Windows are spread evenly over each video so a clip set covers its whole length.
+    Videos too short for one clip are skipped with their name in the error if none is left.
+    """
+    from tcvbm.data import VideoReader, from_uint8
+
+    clips, skipped = [], []
+    span = (num_frames - 1) * stride + 1
+    for path in _video_files(data):
+        with VideoReader(path) as reader:
+            if len(reader) < span:
+                skipped.append(path.name)
+                continue
+            count = min(clips_per_video, len(reader) - span + 1)
+            last = len(reader) - span
+            starts = sorted({round(i * last / max(count - 1, 1)) for i in range(count)})
+            for start in starts:
+                frames = reader.read_clip(start, num_frames, stride, size=size)
+                clips.append((f"{path.stem}@{start}", from_uint8(frames)))
+    if not clips:
+        raise ValueError(f"data: no video is long enough for a {span}-frame clip "
+                         f"(skipped {skipped})")
+    return clips
+
+
+def score_clip(pred: Tensor, target: Tensor, scored: Tensor,
+               perceptual: dict[str, metrics.PerceptualNet], notes: dict[str, str]) -> dict:
+    """All per-clip metrics of one (C, N, H, W) output against its ground truth."""
+    p, t = pred.unsqueeze(0), target.unsqueeze(0)
+    row: dict[str, float] = {"psnr": float(metrics.psnr(p, t, scored))}
+    for name, fn in (("ssim", metrics.ssim), ("ms_ssim", metrics.ms_ssim)):
+        try:
+            row[name] = float(fn(p, t, scored))
+        except metrics.MetricUnavailable as err:
+            notes.setdefault(name, str(err))
+    for name, net in perceptual.items():
+        row[name] = float(metrics.perceptual_distance(net, p, t, scored))
+    if pred.shape[1] >= 2:
+        out, ref = metrics.temporal_warp_error(p, t)
+        row["warp_error"], row["warp_error_gt"] = float(out), float(ref)
+    return row
+
+
+def _perceptual_nets(lpips_weights, alexnet_weights, notes: dict[str, str]) -> dict:
+    nets = {}
+    for name, load in (("stlpips", metrics.load_stlpips),
+                       ("lpips", lambda: metrics.load_lpips(lpips_weights, alexnet_weights))):
+        try:
+            nets[name] = load()
+        except metrics.MetricUnavailable as err:
+            notes[name] = str(err)
+    return nets
+
+
+def _distribution_metrics(methods: list[Method], outputs: dict[str, list[Tensor]],
+                          targets: list[Tensor], scored: Tensor, fid_weights, fvd_weights,
+                          notes: dict[str, str]) -> None:
+    """FID on the scored frames and FVD on whole clips, only with real local networks."""
+    def frames_uint8(clips: list[Tensor]) -> Tensor:
+        x = torch.stack(clips)[:, :, scored].transpose(1, 2).flatten(0, 1)
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+    for name, path in (("fid", fid_weights), ("fvd", fvd_weights)):
+        try:
+            net = metrics.load_torchscript_features(path, name)
+            with torch.inference_mode():
+                if name == "fid":
+                    feats = lambda clips: net(frames_uint8(clips), return_features=True)  # noqa: E731
+                else:
+                    feats = lambda clips: net(torch.stack(clips), rescale=False, resize=True,  # noqa: E731
+                                              return_features=True)
+                real = feats(targets)
+                for method in methods:
+                    value = metrics.frechet_distance(feats(outputs[method.name]), real)
+                    method.results.append({"clip": "__all__", name: value})
+        except metrics.MetricUnavailable as err:
+            notes[name] = str(err)
+        except (RuntimeError, TypeError) as err:
+            notes[name] = f"{name}: the network at {path} does not follow the expected calling " \
+                          f"convention ({err}); skipped"
+
+
+def _means(rows: list[dict]) -> dict[str, float]:
+    keys = sorted({k for r in rows for k in r if k != "clip"})
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows if k in r]
+        out[k] = sum(values) / len(values)
+    return out
+
+
+def _table(summary: list[dict], title: str) -> str:
+    present = [c for c in COLUMNS if any(c[0] in row["mean"] for row in summary)]
+    extra = sorted({k for row in summary for k in row["mean"]} - {c[0] for c in COLUMNS})
+    head = ["method", "steps"] + [label for _, label, _ in present] + extra
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summary:
+        cells = [row["method"], str(row["steps"] or "")]
+        for key, _, fmt in present:
+            value = row["mean"].get(key)
+            cells.append("" if value is None else fmt.format(value))
+        cells += [f"{row['mean'][k]:.3f}" if k in row["mean"] else "" for k in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(summary: list[dict], out_dir: Path, metric: str = "psnr") -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model_rows = [r for r in summary if r["steps"]]
+    base_rows = [r for r in summary if not r["steps"]]
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if model_rows:
+        ax.plot([r["steps"] for r in model_rows], [r["mean"][metric] for r in model_rows],
+                "o-", label=model_rows[0]["method"].split("@")[0])
+        ax.set_xscale("log")
+    for i, r in enumerate(base_rows):
+        ax.axhline(r["mean"][metric], ls="--", color=f"C{i + 1}", label=r["method"])
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"{metric.upper()} (mean)")
+    ax.set_title("quality vs steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "quality_vs_steps.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(summary):
+        x = max(r["mean"]["seconds_per_frame"], 1e-6)
+        ax.scatter([x], [r["mean"][metric]], color=f"C{i % 10}")
+        ax.annotate(r["method"], (x, r["mean"][metric]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per output frame")
+    ax.set_ylabel(f"{metric.upper()} (mean)")
+    ax.set_title("quality vs time")
+    fig.tight_layout()
+    paths.append(out_dir / "quality_vs_time.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _task(task: str, bundle, factor: int | None, scale: int | None) -> Task:
+    if bundle is not None:
+        if bundle.task.name != task and not (task == "vsr" and bundle.task.name == "image-sr"):
+            raise ValueError(f"task: the model is a {bundle.task.name!r} model, not {task!r}")
+        return bundle.task
+    kwargs = {"factor": factor or 2} if task == "interp" else {"scale": scale or 4} \
+        if task == "vsr" else {}
+    return get_task(task, **kwargs)
+
+
+def run_eval(task: str, data: str | os.PathLike, model=None,
+             steps: Sequence[int] | None = None, baselines: bool = True,
+             output_dir: str | os.PathLike = "eval", *, sampler: str | None = None,
+             device: str = "cpu", precision: str = "fp32", factor: int | None = None,
+             scale: int | None = None, num_frames: int | None = None,
+             size: int | Sequence[int] | None = None, clips_per_video: int = 4, seed: int = 0,
+             lpips_weights: str | None = None, alexnet_weights: str | None = None,
+             fid_weights: str | None = None, fvd_weights: str | None = None) -> dict:
+    """Evaluate ``model`` at each of ``steps`` (and the baselines) on clips from ``data``.
+
+    ``task`` is "interp", "i2v" or "vsr"; without a model only baselines run, on clips of
+    ``num_frames`` (default 9) at ``size`` (default 256). Returns the JSON written to
+    ``output_dir/metrics.json``; ``output_dir/metrics.md`` holds the table and the
+    ``quality_vs_*.png`` plots the trade-offs. Metrics that cannot run honestly here
+    (missing weights, frames too small) are listed under ``"skipped"`` with the reason.
+    """
+    if task not in ("interp", "i2v", "vsr"):
+        raise ValueError(f"task: expected 'interp', 'i2v' or 'vsr', got {task!r}")
+    if model is None and not baselines:
+        raise ValueError("model: give a model, or baselines=True to score baselines only")
+    bundle = resolve_bundle(model) if model is not None else None
+    the_task = _task(task, bundle, factor, scale)
+    n = bundle.num_frames if bundle else (num_frames or 9)
+    hw = tuple(bundle.size) if bundle and size is None else \
+        ((size, size) if isinstance(size, int) else tuple(size or (256, 256)))
+    clips = load_eval_clips(data, n, hw, clips_per_video)
+    scored = ~the_task.known_frames(n) if task != "vsr" else torch.ones(n, dtype=torch.bool)
+
+    methods: list[Method] = []
+    if bundle is not None:
+        for k in (steps or [bundle.steps]):
+            fn = model_window_fn(bundle, int(k), sampler, device, precision, seed)
+            methods.append(Method(f"{Path(model_label(model)).name}@{k}", fn, int(k)))
+    if baselines:
+        for name, base in BASELINES[task].items():
+            methods.append(Method(name, lambda obs, base=base: base(the_task, obs, n)))
+
+    notes: dict[str, str] = {}
+    perceptual = _perceptual_nets(lpips_weights, alexnet_weights, notes)
+    outputs: dict[str, list[Tensor]] = {m.name: [] for m in methods}
+    for name, clip in clips:
+        obs = the_task.degrade(clip.unsqueeze(0))
+        for method in methods:
+            started = time.perf_counter()
+            pred = method.run(obs)[0, :, :n].float().clamp(-1, 1)
+            seconds = time.perf_counter() - started
+            row = {"clip": name, **score_clip(pred, clip, scored, perceptual, notes),
+                   "seconds_per_frame": seconds / int(scored.sum())}
+            method.results.append(row)
+            if fid_weights or fvd_weights:
+                outputs[method.name].append(pred)
+    if fid_weights or fvd_weights:
+        _distribution_metrics(methods, outputs, [c for _, c in clips], scored, fid_weights,
+                              fvd_weights, notes)
+    else:
+        notes["fid"] = "fid: no Inception weights given (fid_weights); skipped"
+        notes["fvd"] = "fvd: no I3D weights given (fvd_weights); skipped"
+
+    summary = [{"method": m.name, "steps": m.steps,
+                "mean": _means(m.results),
+                "per_clip": [r for r in m.results if r["clip"] != "__all__"]} for m in methods]
+    result = {"task": the_task.to_config(), "model": model_label(model) if model else None,
+              "num_frames": n, "size": list(hw), "clips": [name for name, _ in clips],
+              "scored_frames": int(scored.sum()), "device": device, "precision": precision,
+              "methods": summary, "skipped": notes}
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    title = f"{task} on {Path(data).name}: {len(clips)} clips of {n} frames at {hw[0]}x{hw[1]}"
+    table = _table(summary, title)
+    if notes:
+        table += "\nSkipped:\n" + "".join(f"- {v}\n" for v in notes.values())
+    (out_dir / "metrics.md").write_text(table)
+    result["plots"] = [str(p) for p in _plots(summary, out_dir)]
+    result["table"] = table
+    return result

@@ -1,0 +1,95 @@
+"""The evaluation harness and the baselines on clips with a known answer."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from tcvbm.baselines import flow_interpolation, frame_repetition, get_baseline, linear_blending
+from tcvbm.evaluate import run_eval
+from tcvbm.metrics import PSNR_MAX, psnr
+from tcvbm.tasks import get_task
+
+from test_pipeline import source_bundle
+
+
+def write_lossless(path: Path, frames: torch.Tensor, fps: int = 10) -> Path:
+    """uint8 (n, H, W, 3) frames to a lossless FFV1 file, so the pixels read back exactly."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "bgr0"
+        for array in frames.numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def fade(n: int = 17, size: int = 32, step: int = 10) -> torch.Tensor:
+    """Flat grey frames brightening by ``step`` levels a frame: blending is exact."""
+    levels = 20 + step * torch.arange(n)
+    return levels.view(n, 1, 1, 1).expand(n, size, size, 3).to(torch.uint8).contiguous()
+
+
+def test_baselines_on_a_moving_pattern():
+    task = get_task("interp", factor=2)
+    g = torch.Generator().manual_seed(0)
+    texture = torch.nn.functional.interpolate(torch.rand(1, 3, 24, 30, generator=g),
+                                              size=(96, 136), mode="bicubic")[0]
+    clip = torch.stack([texture[:, :, 20 - 2 * i:116 - 2 * i] for i in range(5)], 1)  # 2 px/frame
+    clip = (clip[None] * 2 - 1).clamp(-1, 1)
+    obs = task.degrade(clip)
+    scored = ~task.known_frames(5)
+    scores = {f.__name__: float(psnr(f(task, obs, 5), clip, scored))
+              for f in (frame_repetition, linear_blending, flow_interpolation)}
+    assert scores["flow_interpolation"] > scores["linear_blending"] + 5
+    assert scores["linear_blending"] > scores["frame_repetition"]
+    with pytest.raises(ValueError, match="baseline"):
+        get_baseline("interp", "bicubic")
+
+
+def test_eval_numbers_on_a_linear_fade(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_lossless(data / "fade.mkv", fade())
+    result = run_eval("interp", data, model=source_bundle(9), steps=[1, 2], baselines=True,
+                      output_dir=tmp_path / "eval", clips_per_video=2)
+    by_name = {m["method"]: m for m in result["methods"]}
+    assert set(by_name) == {"InferenceBundle@1", "InferenceBundle@2", "repeat", "blend", "flow"}
+    assert result["clips"] == ["fade@0", "fade@8"] and result["scored_frames"] == 4
+    # Blending (and a model that returns its blended source) is exact on a linear fade.
+    for name in ("blend", "InferenceBundle@1", "InferenceBundle@2"):
+        assert by_name[name]["mean"]["psnr"] == PSNR_MAX
+        assert by_name[name]["mean"]["ssim"] == pytest.approx(1.0, abs=1e-4)
+    # Repetition is off by one step (10 levels) on every scored frame.
+    assert by_name["repeat"]["mean"]["psnr"] == pytest.approx(20 * math.log10(255 / 10), abs=0.01)
+    assert len(by_name["repeat"]["per_clip"]) == 2
+    saved = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert saved["methods"][0]["mean"]["psnr"] == PSNR_MAX
+    assert "ms_ssim" in saved["skipped"] and "fvd" in saved["skipped"]
+    table = (tmp_path / "eval/metrics.md").read_text()
+    assert "| blend |" in table and "PSNR" in table and "ST-LPIPS" in table
+    for png in ("quality_vs_steps.png", "quality_vs_time.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 1000
+
+
+def test_eval_baselines_only_for_vsr_and_i2v(tmp_path):
+    data = write_lossless(tmp_path / "fade.mkv", fade(n=5, size=32))
+    vsr = run_eval("vsr", data, baselines=True, output_dir=tmp_path / "vsr", scale=2,
+                   num_frames=3, size=32, clips_per_video=1)
+    assert [m["method"] for m in vsr["methods"]] == ["bicubic"]
+    assert vsr["methods"][0]["mean"]["psnr"] > 40       # flat frames upscale almost exactly
+    i2v = run_eval("i2v", data, output_dir=tmp_path / "i2v", num_frames=3, size=32,
+                   clips_per_video=1)
+    static = i2v["methods"][0]["mean"]["psnr"]           # off by 10 and 20 levels
+    expected = 0.5 * (20 * math.log10(255 / 10) + 20 * math.log10(255 / 20))
+    assert static == pytest.approx(expected, abs=0.01)
+    with pytest.raises(ValueError, match="model"):
+        run_eval("interp", data, baselines=False, output_dir=tmp_path / "x")
