@@ -259,6 +259,18 @@ class Bridge:
                 raise ValueError(f"{name}: shape {tuple(x.shape)} differs from "
                                  f"{names[0]} shape {tuple(clips[0].shape)}")
 
+    def _check_step(self, x0_hat: Tensor, xt: Tensor, x1: Tensor, t: Tensor | float,
+                    s: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Validate the arguments of a step from ``t`` to ``s``; returns both as (B, 1)."""
+        self._check_pair(("x0_hat", "xt", "x1"), x0_hat, xt, x1)
+        batch, device = x0_hat.shape[0], x0_hat.device
+        t = self._times("t", t, batch, device, low_open=True, high_open=False)
+        s = self._times("s", s, batch, device, low_open=False, high_open=True)
+        if bool((s >= t).any()):
+            raise ValueError(f"s: must be smaller than t, got s={s.squeeze(1).tolist()} "
+                             f"and t={t.squeeze(1).tolist()}")
+        return t, s
+
     # ------------------------------------------------------------------ public API
     def marginal(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         """Mean (like ``x0``) and frame covariance (B, N, N) of ``q(X_t | X_0, X_1)``.
@@ -292,13 +304,7 @@ class Bridge:
 
         At ``s = 0`` this returns ``x0_hat``; ``noise=False`` returns the posterior mean.
         """
-        self._check_pair(("x0_hat", "xt", "x1"), x0_hat, xt, x1)
-        batch, device = x0_hat.shape[0], x0_hat.device
-        t = self._times("t", t, batch, device, low_open=True, high_open=False)
-        s = self._times("s", s, batch, device, low_open=False, high_open=True)
-        if bool((s >= t).any()):
-            raise ValueError(f"s: must be smaller than t, got s={s.squeeze(1).tolist()} "
-                             f"and t={t.squeeze(1).tolist()}")
+        t, s = self._check_step(x0_hat, xt, x1, t, s)
         w0, wt, var = self._weights(t, s / t)
         return self._combine(x0_hat, xt, x1, w0, wt, var, noise, generator).to(x0_hat.dtype)
 
@@ -310,13 +316,7 @@ class Bridge:
         the marginal covariance, ``X_s = m_s + S_s S_t^{-1} (X_t - m_t)``. The implied noise
         keeps its frame correlation; at ``t = 1`` (no noise yet) the step is the mean.
         """
-        self._check_pair(("x0_hat", "xt", "x1"), x0_hat, xt, x1)
-        batch, device = x0_hat.shape[0], x0_hat.device
-        t = self._times("t", t, batch, device, low_open=True, high_open=False)
-        s = self._times("s", s, batch, device, low_open=False, high_open=True)
-        if bool((s >= t).any()):
-            raise ValueError(f"s: must be smaller than t, got s={s.squeeze(1).tolist()} "
-                             f"and t={t.squeeze(1).tolist()}")
+        t, s = self._check_step(x0_hat, xt, x1, t, s)
         one = torch.ones_like(t)
         w0_t, w1_t, var_t = self._weights(one, t)
         w0_s, w1_s, var_s = self._weights(one, s)

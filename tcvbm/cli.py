@@ -38,18 +38,23 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """Command-line overrides, with ``--resume`` as the ``resume=`` key (the last one wins)."""
+    return [*args.overrides, *([f"resume={args.resume}"] if args.resume else [])]
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from tcvbm.config import load_config
     from tcvbm.train.run import train
 
-    train(load_config(args.config, args.overrides))
+    train(load_config(args.config, _overrides(args)))
 
 
 def _cmd_distill(args: argparse.Namespace) -> None:
     from tcvbm.config import load_config
     from tcvbm.train.run import distill
 
-    distill(load_config(args.config, args.overrides))
+    distill(load_config(args.config, _overrides(args)))
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -67,6 +72,10 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     interpolate(args.input, args.output, factor=args.factor, model=args.model, steps=args.steps,
                 sampler=args.sampler, device=args.device, precision=args.precision,
                 seed=args.seed, scene_cuts=not args.no_scene_cuts, batch=args.batch)
+    if args.preview:
+        from tcvbm.preview import interpolation_preview
+
+        print(f"wrote {interpolation_preview(args.input, args.output, args.preview, args.factor)}")
 
 
 def _cmd_i2v(args: argparse.Namespace) -> None:
@@ -121,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="a YAML file under configs/ (or its name, e.g. interp-tiny)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted overrides, e.g. data.root=DIR train.max_steps=30 output_dir=OUT")
+        p.add_argument("--resume", default=None, metavar="latest|PATH",
+                       help="resume from output_dir's latest checkpoint or a checkpoint path "
+                            "(a run whose output_dir has checkpoints resumes on its own)")
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("sample", help="run a trained model on a file or a folder")
@@ -140,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="windows per model call")
     p.add_argument("--no-scene-cuts", action="store_true",
                    help="interpolate across detected scene cuts too")
+    p.add_argument("--preview", default=None, metavar="PNG",
+                   help="also write a picture: linear blending above the output, frame by frame")
     _common_inference(p, "default-interp")
     p.set_defaults(fn=_cmd_interpolate)
 
