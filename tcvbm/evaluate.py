@@ -149,7 +149,7 @@ def _means(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def _table(summary: list[dict], title: str) -> str:
+def markdown_table(summary: list[dict], title: str) -> str:
     present = [c for c in COLUMNS if any(c[0] in row["mean"] for row in summary)]
     extra = sorted({k for row in summary for k in row["mean"]} - {c[0] for c in COLUMNS})
     head = ["method", "steps"] + [label for _, label, _ in present] + extra
@@ -285,7 +285,7 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     title = f"{task} on {Path(data).name}: {len(clips)} clips of {n} frames at {hw[0]}x{hw[1]}"
-    table = _table(summary, title)
+    table = markdown_table(summary, title)
     if notes:
         table += "\nSkipped:\n" + "".join(f"- {v}\n" for v in notes.values())
     (out_dir / "metrics.md").write_text(table)

@@ -240,7 +240,7 @@ def test_two_workers_disjoint_and_complete(tmp_path, make_clip):
     ds = VideoFolder(tmp_path / "v", 4, 24, **opts)
     ds.set_epoch(2)
     expected = sorted(_digest(ds[i]) for i in range(len(ds)))
-    loader = DataLoader(ds, batch_size=3, num_workers=2)
+    loader = DataLoader(ds, batch_size=3, num_workers=2, multiprocessing_context="spawn")
     got = sorted(_digest(x) for batch in loader for x in batch)
     assert len(got) == len(ds) == 10
     assert got == expected  # no duplicates, no misses, same clips as without workers

@@ -206,7 +206,11 @@ class VideoWriter:
 
 
 class _AudioCopier:
-    """Moves the audio of a source file into an output container as the video advances."""
+    """Moves the audio of a source file into an output container as the video advances.
+
+    A source without audio is not an error: "copy the audio, if any" is what every caller
+    that passes an input video through means, so the output is then simply silent.
+    """
 
     def __init__(self, source: str, out, ext: str) -> None:
         try:
@@ -217,7 +221,6 @@ class _AudioCopier:
         self._packets: Iterator | None = None
         self._pending = None
         if self._stream is None:
-            warnings.warn(f"{source!r} has no audio stream: writing video only", RuntimeWarning, stacklevel=4)
             return
         codec = self._stream.codec_context.name
         allowed = _AUDIO_REMUX.get(ext, frozenset({"aac", "mp3"}))

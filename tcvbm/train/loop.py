@@ -138,6 +138,18 @@ class StepBatches:
         return (self.max_steps - self.start_step) * self.accum
 
 
+def worker_options(num_workers: int) -> dict:
+    """DataLoader worker settings: spawned, never forked.
+
+    A forked worker inherits the locks of every thread the parent runs (decoder threads,
+    OpenMP, progress and logging threads); one held at fork time deadlocks the worker for
+    good. Spawned workers start clean, for a start-up of a few seconds per epoch.
+    """
+    if num_workers <= 0:
+        return {"num_workers": 0}
+    return {"num_workers": num_workers, "multiprocessing_context": "spawn"}
+
+
 def _collate(items: list) -> Tensor:
     clips = [item["video"] if isinstance(item, dict) else item for item in items]
     return torch.stack(clips)
@@ -163,8 +175,8 @@ class _IndexStream(_Slots):
         super().__init__(tc.batch_size, world, rank, tc.grad_accum)
         self.batches = StepBatches(len(dataset), tc.batch_size, world, rank, tc.grad_accum,  # type: ignore[arg-type]
                                    cfg.seed, start_step, tc.max_steps)
-        self._it = iter(DataLoader(dataset, batch_sampler=self.batches,
-                                   num_workers=cfg.data.num_workers, collate_fn=_collate))
+        self._it = iter(DataLoader(dataset, batch_sampler=self.batches, collate_fn=_collate,
+                                   **worker_options(cfg.data.num_workers)))
 
     def next(self) -> Tensor:
         return next(self._it)
@@ -197,7 +209,7 @@ class _ShardStream(_Slots):
     def _open(self, skip: int) -> None:
         self.dataset.set_epoch(self.current)  # type: ignore[attr-defined]
         self._it = iter(DataLoader(self.dataset, batch_size=self.batch, drop_last=True,
-                                   num_workers=self.workers, collate_fn=_collate))
+                                   collate_fn=_collate, **worker_options(self.workers)))
         for _ in range(skip):
             next(self._it)
 
