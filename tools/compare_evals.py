@@ -25,11 +25,12 @@ def load(runs: list[tuple[str, Path]]) -> list[dict]:
     rows = []
     for i, (name, folder) in enumerate(runs):
         data = json.loads((folder / "metrics.json").read_text())
-        for row in data["summary"]:
+        for row in data["methods"]:
+            kept = {"steps": row["steps"], "mean": row["mean"]}
             if row["steps"]:
-                rows.append({**row, "method": f"{name}@{row['steps']}", "run": name})
+                rows.append({**kept, "method": f"{name}@{row['steps']}", "run": name})
             elif i == 0:
-                rows.append({**row, "run": None})
+                rows.append({**kept, "method": row["method"], "run": None})
     return rows
 
 
