@@ -483,6 +483,17 @@ def build_window_fn(bundle, scale: int, steps: int | None, sampler: str | None, 
                  multiple=multiple, scale=scale, max_batch=batch)
 
 
+def _summary(input, output, frames_in: int, frames_out: int, started: float, model, bundle,
+             steps: int | None, sampler: str | None, warnings: int, progress: bool) -> RunSummary:
+    """The closing line of a command (printed when the command shows progress)."""
+    summary = RunSummary(str(input), str(output), frames_in, frames_out,
+                         time.perf_counter() - started, model_label(model),
+                         int(steps or bundle.steps or 1), sampler or bundle.sampler, warnings)
+    if progress:
+        print(summary, file=sys.stderr)
+    return summary
+
+
 # -------------------------------------------------------------------------- the commands
 
 def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int = 2,
@@ -522,12 +533,8 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
         stream = _progress(stream, total, "interpolate")
     frames_out = _write(stream, output, fps * factor, audio_from=input)
     reader.close()
-    summary = RunSummary(str(input), str(output), len(indices), frames_out,
-                         time.perf_counter() - started, model_label(model),
-                         int(steps or bundle.steps or 1), sampler or bundle.sampler, warn.count)
-    if progress:
-        print(summary, file=sys.stderr)
-    return summary
+    return _summary(input, output, len(indices), frames_out, started, model, bundle, steps,
+                    sampler, warn.count, progress)
 
 
 def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | None = None,
@@ -560,12 +567,8 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
         stream = _progress(stream, len(indices), "upscale")
     frames_out = _write(stream, output, fps, audio_from=input)
     reader.close()
-    summary = RunSummary(str(input), str(output), len(indices), frames_out,
-                         time.perf_counter() - started, model_label(model),
-                         int(steps or bundle.steps or 1), sampler or bundle.sampler, warn.count)
-    if progress:
-        print(summary, file=sys.stderr)
-    return summary
+    return _summary(input, output, len(indices), frames_out, started, model, bundle, steps,
+                    sampler, warn.count, progress)
 
 
 def _read_image(path: str | os.PathLike) -> Tensor:
@@ -628,12 +631,8 @@ def image_to_video(image: str | os.PathLike, output: str | os.PathLike,
     if progress:
         stream = _progress(stream, frames, "i2v")
     frames_out = _write(stream, output, fps, audio_from=None)
-    summary = RunSummary(str(image), str(output), 1, frames_out, time.perf_counter() - started,
-                         model_label(model), int(steps or bundle.steps or 1),
-                         sampler or bundle.sampler)
-    if progress:
-        print(summary, file=sys.stderr)
-    return summary
+    return _summary(image, output, 1, frames_out, started, model, bundle, steps, sampler, 0,
+                    progress)
 
 
 def sample_files(run_dir: str | os.PathLike, input: str | os.PathLike,
