@@ -44,3 +44,12 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys) -> None:
     assert main(["demo", "--input", str(tmp_path / "missing.mp4")]) == 2
     err = capsys.readouterr().err
     assert "missing.mp4" in err and err.count("\n") == 1
+
+
+def test_resume_flag_becomes_the_resume_override() -> None:
+    from tcvbm.cli import _overrides
+
+    args = build_parser().parse_args(["train", "interp-tiny", "train.max_steps=3", "--resume", "latest"])
+    assert _overrides(args) == ["train.max_steps=3", "resume=latest"]
+    args = build_parser().parse_args(["distill", "distill-tiny", "teacher=runs/x"])
+    assert _overrides(args) == ["teacher=runs/x"]
