@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,3 +112,13 @@ def sample_clips() -> dict[str, Path]:
     out = REPO_ROOT / "data" / "samples"
     manifest = fetch_sample_clips.fetch(out)  # idempotent: copies only what is missing
     return {name: out / info["file"] for name, info in manifest.items()}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: thread start-up costs more than it saves, and on a busy machine
+    oversubscribed OpenMP threads spin-wait (tens of times slower). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,12 +24,7 @@ from tcvbm.train.objectives import (InverseDistillation, SampleRandom, TimeSampl
 from tcvbm.train.run import distill, distillation_objective
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def teacher_dir(tmp_path: Path) -> Path:

@@ -16,14 +16,7 @@ TINY = ["unet-tiny", "dit-tiny"]
 SIZES = {"tiny": (0, 2e6), "small": (20e6, 50e6), "base": (100e6, 200e6)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, and on a busy machine
-    oversubscribed OpenMP threads spin-wait (tens of times slower). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

@@ -28,13 +28,7 @@ TINY_MODEL = dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attent
 FRAMES, SIZE = 5, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The loop is tiny: one thread is faster and keeps shared CPUs usable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Clips(torch.utils.data.Dataset):
