@@ -6,10 +6,10 @@ import json
 import math
 from pathlib import Path
 
-import av
 import pytest
 import torch
 
+from conftest import _make_clip as make_clip
 from tcvbm.baselines import flow_interpolation, frame_repetition, get_baseline, linear_blending
 from tcvbm.evaluate import run_eval
 from tcvbm.metrics import PSNR_MAX, psnr
@@ -20,16 +20,7 @@ from test_pipeline import source_bundle
 
 def write_lossless(path: Path, frames: torch.Tensor, fps: int = 10) -> Path:
     """uint8 (n, H, W, 3) frames to a lossless FFV1 file, so the pixels read back exactly."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "bgr0"
-        for array in frames.numpy():
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    return make_clip(path, fps=fps, codec="ffv1", pix_fmt="bgr0", frames=frames.numpy())
 
 
 def fade(n: int = 17, size: int = 32, step: int = 10) -> torch.Tensor:

@@ -13,11 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import av
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from conftest import _make_clip as make_clip
 from tcvbm.bridges import Bridge
 from tcvbm.pipeline import (
     TemporalBlender, _iter_frames, _Warnings, cfr_indices, feather, interpolate,
@@ -54,30 +54,10 @@ def moving_frames(n: int, h: int = 32, w: int = 48, seed: int = 0) -> torch.Tens
 
 
 def make_video(path: Path, frames: torch.Tensor, fps: int = 10, audio: bool = False) -> Path:
-    """Encode uint8 frames (and optionally a 440 Hz tone of the same duration) with PyAV."""
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.height, video.width = frames.shape[1:3]
-        video.pix_fmt = "yuv444p" if frames.shape[1] % 2 or frames.shape[2] % 2 else "yuv420p"
-        video.options = {"crf": "10"}
-        if audio:
-            sound = out.add_stream("aac", rate=16000)
-            samples = int(16000 * len(frames) / fps)
-            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(samples) / 16000)).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            frame.pts = 0
-            frame.time_base = Fraction(1, 16000)
-            for packet in sound.encode(frame):
-                out.mux(packet)
-            for packet in sound.encode(None):
-                out.mux(packet)
-        for array in frames.numpy():
-            for packet in video.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                out.mux(packet)
-        for packet in video.encode(None):
-            out.mux(packet)
-    return path
+    """Encode uint8 frames nearly losslessly (and optionally a tone of the same duration)."""
+    odd = frames.shape[1] % 2 or frames.shape[2] % 2
+    return make_clip(path, fps=fps, frames=frames.numpy(), options={"crf": "10"},
+                     pix_fmt="yuv444p" if odd else "yuv420p", audio="aac" if audio else None)
 
 
 def decode(path: Path) -> tuple[torch.Tensor, float, bool]:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tcvbm.data import VideoFolder, VideoReader
+from tcvbm.data import VideoFolder, VideoReader, worker_options
 from tcvbm.data.video import decord
 from tcvbm.data.writer import VideoWriter
 
@@ -83,7 +83,9 @@ def bench_dataset(root: Path, workers: list[int], seconds: float, configs: list[
             ds = VideoFolder(root, N, SIZE, clips_per_video=cfg["clips_per_video"], backend=cfg["backend"],
                              cache_frames=cfg.get("cache_frames", False), output=cfg.get("output", "float"),
                              decode_threads=1, cache_dir=cache)
-            loader = DataLoader(ds, batch_size=4, num_workers=w, persistent_workers=w > 0)
+            # Workers as the trainer starts them (spawned, see tcvbm.train.loop.worker_options),
+            # kept for the whole cell so their start-up is not timed.
+            loader = DataLoader(ds, batch_size=4, persistent_workers=w > 0, **worker_options(w))
             epoch = [0]
 
             def one_epoch() -> int:
@@ -94,8 +96,7 @@ def bench_dataset(root: Path, workers: list[int], seconds: float, configs: list[
             rows.append({"backend": cfg["backend"], "clips_per_video": cfg["clips_per_video"],
                          "output": cfg.get("output", "float"), "frame cache": cfg.get("cache_frames", False),
                          "workers": w, "clips/s": _rate(one_epoch, seconds)})
-            # Free this cell's decord readers before the next fork: workers forked
-            # while decord readers live fall back to PyAV (see tcvbm.data.video).
+            # Free this cell's readers and workers before the next cell.
             del loader, ds, one_epoch
             gc.collect()
     return rows

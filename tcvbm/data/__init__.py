@@ -19,6 +19,7 @@ from tcvbm.data.datasets import (
     build_dataset,
     default_cache_dir,
     detect_layout,
+    worker_options,
 )
 from tcvbm.data.errors import SkippedVideoWarning, VideoReadError
 from tcvbm.data.video import ImageSequenceReader, VideoReader, cover_geometry
@@ -46,6 +47,7 @@ __all__ = [
     "build_dataset",
     "detect_layout",
     "default_cache_dir",
+    "worker_options",
     "to_uint8",
     "from_uint8",
     "save_grid_png",

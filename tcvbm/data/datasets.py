@@ -59,6 +59,7 @@ __all__ = [
     "detect_layout",
     "build_dataset",
     "default_cache_dir",
+    "worker_options",
 ]
 
 _MAX_REPLACEMENTS = 16
@@ -166,7 +167,7 @@ class ClipDataset(IterableDataset):
     clips: a quarter of the bytes to move from workers to the trainer, which then
     converts on its device with :func:`tcvbm.data.from_uint8`.
 
-    Use with ``DataLoader(ds, batch_size=..., num_workers=...)`` (no ``shuffle`` or
+    Use with ``DataLoader(ds, batch_size=..., **worker_options(n))`` (no ``shuffle`` or
     sampler: the dataset shuffles itself) and call ``ds.set_epoch(e)`` before each
     epoch (persistent workers advance their epoch by themselves). For several
     processes, call ``ds.set_shard(rank, world_size)``.
@@ -592,3 +593,15 @@ def build_dataset(
     if name not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {sorted(LAYOUTS)}, got {layout!r}")
     return LAYOUTS[name](root, num_frames, size, split=split, **opts)
+
+
+def worker_options(num_workers: int) -> dict:
+    """DataLoader worker settings: spawned, never forked.
+
+    A forked worker inherits the locks of every thread the parent runs (decoder threads,
+    OpenMP, progress and logging threads); one held at fork time deadlocks the worker for
+    good. Spawned workers start clean, for a start-up of a few seconds per epoch.
+    """
+    if num_workers <= 0:
+        return {"num_workers": 0}
+    return {"num_workers": num_workers, "multiprocessing_context": "spawn"}

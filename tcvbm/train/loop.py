@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from tcvbm.bridges import Bridge
 from tcvbm.config import Config, save_config
+from tcvbm.data.datasets import worker_options
 from tcvbm.runs import (InferenceBundle, checkpoint_step, checkpoints_dir, latest_checkpoint,
                         list_checkpoints, model_dir, replace_dir, save_bundle)
 from tcvbm.samplers import get_sampler, get_timesteps
@@ -136,18 +137,6 @@ class StepBatches:
 
     def __len__(self) -> int:
         return (self.max_steps - self.start_step) * self.accum
-
-
-def worker_options(num_workers: int) -> dict:
-    """DataLoader worker settings: spawned, never forked.
-
-    A forked worker inherits the locks of every thread the parent runs (decoder threads,
-    OpenMP, progress and logging threads); one held at fork time deadlocks the worker for
-    good. Spawned workers start clean, for a start-up of a few seconds per epoch.
-    """
-    if num_workers <= 0:
-        return {"num_workers": 0}
-    return {"num_workers": num_workers, "multiprocessing_context": "spawn"}
 
 
 def _collate(items: list) -> Tensor:
