@@ -115,6 +115,7 @@ class TrainSection:
     max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
     log_every: int = 10
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard models, optimizers and EMA across processes (FSDP2)
     progress: bool = True
 
 

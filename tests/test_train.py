@@ -136,27 +136,57 @@ sys.path.insert(0, {tests!r})
 from test_train import Clips, bridge_matching, tiny_cfg
 from tcvbm.train.loop import fit
 torch.set_num_threads(1)
-cfg = tiny_cfg({out!r}, 5, batch_size=2)
+cfg = tiny_cfg({out!r}, {steps}, batch_size=2, fsdp={fsdp})
 fit(bridge_matching(), Clips(8), cfg)
 """
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not available")
-def test_two_processes_match_one_at_same_global_batch(tmp_path: Path) -> None:
-    one = fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
+def run_two_processes(tmp_path: Path, out: Path, steps: int, fsdp: bool) -> None:
+    """Train ``out`` for ``steps`` steps with 2 CPU processes (global batch 4)."""
     script = tmp_path / "two.py"
     script.write_text(textwrap.dedent(TWO_PROCESS_SCRIPT.format(
-        tests=str(Path(__file__).parent), out=str(tmp_path / "two"))))
+        tests=str(Path(__file__).parent), out=str(out), steps=steps, fsdp=fsdp)))
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(script)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    two = [r["loss/model"] for r in logged if "loss/model" in r]
-    np.testing.assert_allclose(two, one.losses, rtol=1e-4, atol=1e-6)
-    a = load_pretrained(tmp_path / "one" / "model").state_dict()
-    b = load_pretrained(tmp_path / "two" / "model").state_dict()
+
+
+def assert_same_run(one: Path, two: Path, losses: list[float]) -> None:
+    """``two`` logged the same losses as ``losses`` and exported the same model as ``one``."""
+    logged = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["loss/model"] for r in logged if "loss/model" in r], losses,
+                               rtol=1e-4, atol=1e-6)
+    a = load_pretrained(one / "model").state_dict()
+    b = load_pretrained(two / "model").state_dict()
     for key, value in a.items():
         torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5)
+
+
+needs_torchrun = pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not available")
+
+
+@needs_torchrun
+def test_two_processes_match_one_at_same_global_batch(tmp_path: Path) -> None:
+    one = fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
+    run_two_processes(tmp_path, tmp_path / "two", 5, fsdp=False)
+    assert_same_run(tmp_path / "one", tmp_path / "two", one.losses)
+
+
+@needs_torchrun
+def test_fsdp_matches_one_process_and_resumes(tmp_path: Path) -> None:
+    """Sharded over 2 processes: the same losses and exported EMA model as 1 process, also
+    when the run stops at step 3 and resumes from its sharded checkpoint."""
+    one = fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
+    run_two_processes(tmp_path, tmp_path / "fsdp", 3, fsdp=True)
+    assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-3" / "sharded").is_dir()
+    run_two_processes(tmp_path, tmp_path / "fsdp", 5, fsdp=True)
+    assert_same_run(tmp_path / "one", tmp_path / "fsdp", one.losses)
+
+
+def test_fsdp_needs_several_processes(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="multi-process"):
+        fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path, 2, fsdp=True))

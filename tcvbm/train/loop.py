@@ -3,7 +3,8 @@
 An objective (see :mod:`tcvbm.train.objectives`) names its trainable networks and, for each
 step, the one it updates. This loop gives each network an AdamW optimizer with warm-up and
 cosine decay, runs the step's micro-batches under accelerate (DDP or FSDP across
-processes, bf16 or fp32, gradient accumulation and clipping), keeps an EMA of the exported
+processes, bf16 or fp32, gradient accumulation and clipping; FSDP through
+:mod:`tcvbm.train.sharding`), keeps an EMA of the exported
 network, skips non-finite steps, logs, evaluates, and checkpoints atomically so a run can
 be resumed exactly: model, EMA, optimizers, schedulers, RNG states and the data position.
 
@@ -42,6 +43,7 @@ from tcvbm.runs import (InferenceBundle, checkpoint_step, checkpoints_dir, lates
                         list_checkpoints, model_dir, replace_dir, save_bundle)
 from tcvbm.samplers import get_sampler, get_timesteps
 from tcvbm.tasks import Task
+from tcvbm.train import sharding
 from tcvbm.train.objectives import LossOutput, SampleRandom
 
 __all__ = ["fit", "FitResult", "StepBatches", "TrainingDiverged", "TrainerState",
@@ -383,6 +385,11 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
     if tc.gradient_checkpointing:
         for m in modules:
             m.enable_gradient_checkpointing()
+    export_cls = type(objective.trainables[objective.export])  # before sharding renames it
+    objective.to(device)
+    if tc.fsdp:
+        for m in modules:
+            sharding.shard(m)
     optimizers = [torch.optim.AdamW(m.parameters(), lr=objective.lrs[n], betas=tuple(oc.betas),
                                     weight_decay=oc.weight_decay, eps=oc.adam_eps)
                   for n, m in zip(names, modules)]
@@ -390,8 +397,8 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
         opt, num_warmup_steps=oc.warmup_steps,
         num_training_steps=max(1, objective.updates(n, tc.max_steps)))
         for n, opt in zip(names, optimizers)]
-    objective.to(device)
-    prepared = accelerator.prepare(*modules, *optimizers)
+    # Sharded modules are not handed to accelerate: it would wrap them in DDP.
+    prepared = (*modules, *optimizers) if tc.fsdp else accelerator.prepare(*modules, *optimizers)
     wrapped = dict(zip(names, prepared[: len(names)]))
     optim = dict(zip(names, prepared[len(names):]))
     sched = dict(zip(names, schedulers))
@@ -400,12 +407,14 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
     ema = EMAModel(export.parameters(), decay=tc.ema_decay, min_decay=0.0,
                    use_ema_warmup=tc.ema_warmup, power=tc.ema_power)
     state = TrainerState()
-    for obj in (*schedulers, ema, state):
+    for obj in (*schedulers, state) if tc.fsdp else (*schedulers, ema, state):
         accelerator.register_for_checkpointing(obj)
 
     resumed = None
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        if tc.fsdp:
+            sharding.load(resume_from, plain, optim, ema)
         ema.to(device)
         resumed = state.step
         accelerator.print(f"Resuming from {resume_from} (step {state.step} of {tc.max_steps})")
@@ -426,10 +435,29 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
                                tuple(cfg.data.size), objective.sampler, objective.steps,  # type: ignore[arg-type]
                                objective.kind)
 
-    def export_model() -> None:
+    @contextlib.contextmanager
+    def ema_module() -> Iterator[nn.Module | None]:
+        """The exported network with EMA weights on the main process (None elsewhere).
+
+        Collective: every process enters it. Sharded, the full EMA weights are gathered
+        into a plain copy; otherwise the EMA is swapped into the network itself.
+        """
+        with _ema_swapped(ema, export):
+            if not tc.fsdp:
+                yield export if main else None
+                return
+            full = sharding.full_state_dict(export)
+        copy = None
         if main:
-            with _ema_swapped(ema, export):
-                save_bundle(model_dir(run_dir), export, objective.bridge, objective.task,
+            copy = export_cls.from_config(export.config)
+            copy.load_state_dict(full)
+            copy.to(device)
+        yield copy
+
+    def export_model() -> None:
+        with ema_module() as module:
+            if module is not None:
+                save_bundle(model_dir(run_dir), module, objective.bridge, objective.task,
                             cfg.data.num_frames, cfg.data.size, objective.sampler,
                             objective.steps, objective.kind)
         accelerator.wait_for_everyone()
@@ -442,6 +470,8 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if tc.fsdp:
+            sharding.save(tmp, plain, optim, ema)
         (tmp / f"data_state_{accelerator.process_index}.json").write_text(json.dumps(stream.state()))
         accelerator.wait_for_everyone()
         if main:
@@ -452,17 +482,19 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
         export_model()
 
     def evaluate() -> None:
-        if main and eval_clips is not None:
-            module = export
-            was_training = module.training
-            module.eval()
-            with _ema_swapped(ema, module), accelerator.autocast():
-                metrics = evaluate_clips(bundle(module), eval_clips,
-                                         run_dir / "eval" / f"step-{state.step}", cfg.eval.fps, cfg.seed)
-            module.train(was_training)
-            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
-            _append_metrics(run_dir / METRICS_FILE, {"step": state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
-            bar.write(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        if eval_set is None or cfg.eval.num_clips <= 0:
+            return
+        with ema_module() as module:
+            if module is not None and eval_clips is not None:
+                was_training = module.training
+                module.eval()
+                with accelerator.autocast():
+                    metrics = evaluate_clips(bundle(module), eval_clips, run_dir / "eval" / f"step-{state.step}",
+                                             cfg.eval.fps, cfg.seed)
+                module.train(was_training)
+                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+                _append_metrics(run_dir / METRICS_FILE, {"step": state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+                bar.write(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         accelerator.wait_for_everyone()
 
     for m in modules:
@@ -500,7 +532,7 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
             buckets[phase].add(t_cat, per_cat)
             loss_value = float(per_cat.mean())
             window.setdefault(f"loss/{phase}", []).append(loss_value)
-            window.setdefault(f"grad_norm/{phase}", []).append(float(grad_norm))
+            window.setdefault(f"grad_norm/{phase}", []).append(sharding.as_float(grad_norm))
             result.losses.append(loss_value)
         else:
             state.bad_in_row += 1
