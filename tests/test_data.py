@@ -31,6 +31,7 @@ from tcvbm.data import (
     to_uint8,
     write_video,
 )
+from tcvbm.data.datasets import worker_options
 from tcvbm.data import writer as writer_module
 from tcvbm.data.video import decord
 
@@ -388,7 +389,7 @@ def test_damaged_files_skipped_with_one_warning(tmp_path, make_clip):
         warnings.simplefilter("always")
         ds = VideoFolder(root, 30, 16, clips_per_video=2, **_dataset_opts(tmp_path))
         clips = [x for epoch in range(2) for x in (ds.set_epoch(epoch), list(ds))[1]]
-        loader_clips = [x for batch in DataLoader(ds, batch_size=2, num_workers=2) for x in batch]
+        loader_clips = [x for batch in DataLoader(ds, batch_size=2, **worker_options(2)) for x in batch]
     assert len(ds) == 8 and len(clips) == 16 and len(loader_clips) == 8  # epochs never cut short
     skipped = [str(w.message) for w in caught if issubclass(w.category, SkippedVideoWarning)]
     for name in bad:
