@@ -2,9 +2,9 @@
 
 An objective (see :mod:`tcvbm.train.objectives`) names its trainable networks and, for each
 step, the one it updates. This loop gives each network an AdamW optimizer with warm-up and
-cosine decay, runs the step's micro-batches under accelerate (DDP or FSDP across
-processes, bf16 or fp32, gradient accumulation and clipping; FSDP through
-:mod:`tcvbm.train.sharding`), keeps an EMA of the exported
+cosine decay, runs the step's micro-batches under accelerate (DDP across processes,
+or FSDP through :mod:`tcvbm.train.sharding`; bf16 or fp32, gradient accumulation and
+clipping), keeps an EMA of the exported
 network, skips non-finite steps, logs, evaluates, and checkpoints atomically so a run can
 be resumed exactly: model, EMA, optimizers, schedulers, RNG states and the data position.
 
