@@ -19,6 +19,15 @@ def _steps_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"256"`` (square) or ``"WxH"`` as video sizes are written (``"176x144"``) -> (H, W)."""
+    w, _, h = text.partition("x")
+    try:
+        return int(h or w), int(w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or WxH (e.g. 176x144), got {text!r}") from None
+
+
 def _common_inference(p: argparse.ArgumentParser, model_default: str | None) -> None:
     p.add_argument("--model", default=model_default,
                    help="a run directory, a saved model directory or a shipped model name"
@@ -186,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, default=None)
     p.add_argument("--scale", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--size", type=parse_size, default=None,
+                   help="frames scaled to cover and centre-cropped to N or WxH (default: the "
+                        "model's training size); the clip's own WxH scores at full resolution")
     p.add_argument("--clips-per-video", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lpips-weights", default=None, help="local LPIPS weights (.pth)")

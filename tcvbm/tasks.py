@@ -80,7 +80,9 @@ class FrameInterpolation(Task):
     Keyframes sit at 0, f, 2f, ...; ``N = K f + 1`` frames fit ``K + 1`` keyframes exactly.
     Frames after the last keyframe (when ``N - 1`` is not a multiple of ``f``) hold it.
     ``mode="blend"`` mixes the two neighbouring keyframes linearly, ``"nearest"`` copies
-    the closer one (the earlier one on a tie).
+    the closer one (the earlier one on a tie), ``"flow"`` warps both along OpenCV DIS
+    optical flow (classical interpolation, :mod:`tcvbm.flow`): a source that already
+    follows the motion leaves the bridge only flow's errors to correct.
     """
 
     factor: int = 2
@@ -90,8 +92,8 @@ class FrameInterpolation(Task):
     def __post_init__(self) -> None:
         if self.factor not in (2, 4, 8):
             raise ValueError(f"factor: expected 2, 4 or 8, got {self.factor!r}")
-        if self.mode not in ("blend", "nearest"):
-            raise ValueError(f"mode: expected 'blend' or 'nearest', got {self.mode!r}")
+        if self.mode not in ("blend", "nearest", "flow"):
+            raise ValueError(f"mode: expected 'blend', 'nearest' or 'flow', got {self.mode!r}")
 
     def num_keyframes(self, num_frames: int) -> int:
         return (num_frames - 1) // self.factor + 1
@@ -115,7 +117,12 @@ class FrameInterpolation(Task):
         if self.mode == "nearest":
             alpha = (alpha > 0.5).to(observation.dtype)
         alpha = alpha.view(1, 1, num_frames, 1, 1)
-        return (1 - alpha) * observation[:, :, left] + alpha * observation[:, :, right]
+        blended = (1 - alpha) * observation[:, :, left] + alpha * observation[:, :, right]
+        if self.mode == "flow":
+            from tcvbm.flow import fill_between_keyframes  # OpenCV: only for this mode
+
+            return fill_between_keyframes(blended, observation, self.factor)
+        return blended
 
     def known_frames(self, num_frames: int) -> Tensor:
         return torch.arange(num_frames) % self.factor == 0

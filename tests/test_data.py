@@ -411,6 +411,29 @@ def test_no_usable_video_error_says_what_was_found(tmp_path):
         VideoFolder(tmp_path / "v", 4, 16, **_dataset_opts(tmp_path))
 
 
+def test_short_side_keeps_the_video_scale(tmp_path, make_clip):
+    """short_side = the frame height: crops are windows of the native frames, unscaled."""
+    path = make_clip(tmp_path / "v" / "a.mp4", n=12, h=48, w=64)
+    with VideoReader(path, backend="pyav") as reader:
+        native = reader.read_resized(range(12), (48, 64))
+    opts = dict(clips_per_video=4, output="uint8", backend="pyav", **_dataset_opts(tmp_path))
+
+    def is_native_window(clip: torch.Tensor) -> bool:
+        return any(torch.equal(clip, native[s:s + 4, y:y + 32, x:x + 32])
+                   for s in range(9) for y in range(17) for x in range(33))
+
+    kept = list(VideoFolder(tmp_path / "v", 4, 32, short_side=48, **opts))
+    assert len(kept) == 4 and all(is_native_window(c) for c in kept)
+    covered = list(VideoFolder(tmp_path / "v", 4, 32, **opts))  # scaled to cover 32 px
+    assert not any(is_native_window(c) for c in covered)
+    ranged = list(VideoFolder(tmp_path / "v", 4, 32, short_side=[32, 48], cache_frames=True, **opts))
+    assert [c.shape for c in ranged] == [(4, 32, 32, 3)] * 4
+    assert all(torch.equal(a, b) for a, b in zip(ranged, VideoFolder(tmp_path / "v", 4, 32, short_side=[32, 48], **opts)))
+    for bad in (24, [40, 36], [16, 48]):
+        with pytest.raises(ValueError, match="short_side"):
+            VideoFolder(tmp_path / "v", 4, 32, short_side=bad, **opts)
+
+
 def test_frame_cache_gives_same_clips(tmp_path, make_clip):
     make_clip(tmp_path / "v" / "a.mp4", n=20, h=32, w=48)
     opts = dict(clips_per_video=3, **_dataset_opts(tmp_path))

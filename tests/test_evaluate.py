@@ -84,3 +84,17 @@ def test_eval_baselines_only_for_vsr_and_i2v(tmp_path):
     assert static == pytest.approx(expected, abs=0.01)
     with pytest.raises(ValueError, match="model"):
         run_eval("interp", data, baselines=False, output_dir=tmp_path / "x")
+
+
+def test_eval_command_takes_width_by_height(tmp_path):
+    """``--size WxH`` as videos are written; the table and JSON say H x W."""
+    from tcvbm.cli import main, parse_size
+
+    assert parse_size("176x144") == (144, 176) and parse_size("64") == (64, 64)
+    data = write_lossless(tmp_path / "fade.mkv", fade(n=9, size=48))
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "interp", "--data", str(data), "--baselines", "--size", "48x32",
+                 "--frames", "5", "--clips-per-video", "1", "-o", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["size"] == [32, 48]
+    with pytest.raises(SystemExit):
+        main(["eval", "--task", "interp", "--data", str(data), "--size", "wide"])

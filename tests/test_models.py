@@ -12,7 +12,14 @@ import torch
 
 from tcvbm.models import DiTVideo, UNetVideo, attention, available_models, create, load_pretrained
 
-TINY = ["unet-tiny", "dit-tiny"]
+TINY = ["unet-tiny", "dit-tiny", "unet-tiny-p2"]
+# Variants of the named configs, built like them: the UNet reading 2x2 patches.
+VARIANTS = {"unet-tiny-p2": ("unet-tiny", {"patch_size": 2})}
+
+
+def build(name: str):
+    base, overrides = VARIANTS.get(name, (name, {}))
+    return create(base, **overrides)
 SIZES = {"tiny": (0, 2e6), "small": (20e6, 50e6), "base": (100e6, 200e6)}
 
 
@@ -35,7 +42,7 @@ def clip(b: int = 1, n: int = 3, h: int = 24, w: int = 40, seed: int = 0) -> tor
 @pytest.fixture(scope="module", params=TINY)
 def model(request):
     torch.manual_seed(0)
-    return perturb(create(request.param)).eval()
+    return perturb(build(request.param)).eval()
 
 
 def test_named_configs_are_listed():
@@ -110,7 +117,7 @@ def test_save_load_round_trip(model, tmp_path):
 @pytest.mark.parametrize("name", TINY)
 def test_add_noise_channels(name, tmp_path):
     torch.manual_seed(1)
-    m = perturb(create(name)).eval()
+    m = perturb(build(name)).eval()
     x = clip(n=3)
     t = torch.ones(1)
     with torch.no_grad():
@@ -132,7 +139,7 @@ def test_add_noise_channels(name, tmp_path):
 @pytest.mark.parametrize("name", TINY)
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(2)
-    m = perturb(create(name)).train()
+    m = perturb(build(name)).train()
     x = clip(b=2, n=3, h=16, w=24)
     m(x, torch.rand(2), cond=-x).square().mean().backward()
     missing = [k for k, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -142,7 +149,7 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", TINY)
 def test_gradient_checkpointing_matches(name):
     torch.manual_seed(3)
-    m = perturb(create(name)).train()
+    m = perturb(build(name)).train()
     x = clip(b=1, n=2, h=16, w=16)
     t = torch.rand(1)
     m(x, t, cond=x).sum().backward()
@@ -179,7 +186,15 @@ def test_fresh_conditional_model_returns_the_source():
     x, x1 = clip(n=2, seed=1), clip(n=2, seed=2)
     for name in TINY:
         with torch.no_grad():
-            assert torch.equal(create(name).eval()(x, torch.rand(1), cond=x1), x1)
+            assert torch.equal(build(name).eval()(x, torch.rand(1), cond=x1), x1)
+
+
+def test_patch_size_reads_patches_and_shuffles_back():
+    m = build("unet-tiny-p2")
+    assert m.multiple == 2 * create("unet-tiny").multiple
+    assert m.conv_in.stride == (2, 2) and m.out[-1].upscale_factor == 2
+    with pytest.raises(ValueError, match="patch_size"):
+        create("unet-tiny", patch_size=0)
 
 
 def test_input_validation(model):

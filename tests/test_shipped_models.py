@@ -31,3 +31,17 @@ def test_interpolate_with_the_default_model(tmp_path, make_clip) -> None:
     summary = interpolate(clip, tmp_path / "out.mp4", progress=False)
     with VideoReader(tmp_path / "out.mp4", backend="pyav") as reader:
         assert len(reader) == summary.frames_out == 12 and reader.fps == pytest.approx(24)
+
+
+def test_shipped_models_beat_blending_on_the_held_out_clip(sample_clips, tmp_path) -> None:
+    """The quality claim of docs/models.md, on 4 clips of carphone (never trained on) at
+    its own 176x144: both shipped models clearly beat linear blending of the keyframes."""
+    from tcvbm.evaluate import run_eval
+
+    psnr = {}
+    for name in ("default-interp", "default-interp-student"):
+        result = run_eval("interp", sample_clips["carphone"], name, baselines=True,
+                          output_dir=tmp_path / name, size=(144, 176), clips_per_video=4)
+        psnr.update({m["method"]: m["mean"]["psnr"] for m in result["methods"]})
+    assert psnr["default-interp@1"] > psnr["blend"] + 0.5
+    assert psnr["default-interp-student@1"] > psnr["blend"] + 0.5

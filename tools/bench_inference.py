@@ -18,12 +18,8 @@ import time
 
 import torch
 
+from tcvbm.cli import parse_size
 from tcvbm.pipeline import TemporalBlender, build_window_fn, window_keys
-
-
-def _size(text: str) -> tuple[int, int]:
-    w, _, h = text.partition("x")
-    return (int(h or w), int(w))
 
 
 def moving_texture(n: int, h: int, w: int) -> list[torch.Tensor]:
@@ -101,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for name, bundle, steps in runs:
         for k in [int(s) for s in steps.split(",")]:
-            for size in [_size(s) for s in args.sizes.split(",")]:
+            for size in [parse_size(s) for s in args.sizes.split(",")]:
                 fps = bench(bundle, k, size, args.frames, args)
                 print(f"| {name} | {k} | {size[1]}x{size[0]} | {fps:.2f} |", flush=True)
     return 0

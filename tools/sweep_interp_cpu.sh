@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU version of the interpolation study in docs/results.md ("Prior sweep" and "x4"):
-# short runs (300 steps) of the default-interp recipe that differ in one bridge setting
+# short runs (300 steps) of the study recipe (configs/interp-study-cpu.yaml) that differ in one bridge setting
 # each, then `tcvbm eval` of every run on the held-out carphone clip, then one table.
 # Runs one job at a time on one thread, so the second core stays free.
 #   bash tools/sweep_interp_cpu.sh [OUT_DIR]   (default runs/sweep; 96 min on one core here)
@@ -24,11 +24,11 @@ order=(x2-bm x2-ar1 x2-ar1-strength2 x2-ar1-strength32 x2-ar1-rho0.5 x2-ar1-zero
 for name in "${order[@]}"; do
   # ${runs[$name]} is split on purpose: it holds zero or more key=value overrides.
   # shellcheck disable=SC2086
-  tcvbm train configs/default-interp.yaml output_dir="$out/$name" train.max_steps=$steps \
+  tcvbm train configs/interp-study-cpu.yaml output_dir="$out/$name" train.max_steps=$steps \
       train.checkpoint_every=100 train.progress=false ${runs[$name]}
   factor=${name%%-*}
   tcvbm eval --task interp --factor "${factor#x}" --data data/samples/val --model "$out/$name" \
-      --steps 1,2,5,20 --baselines --sampler posterior-mean --clips-per-video 8 -o "$out/eval-$name"
+      --steps 1,2,5,10,20,50 --baselines --sampler posterior-mean --clips-per-video 8 -o "$out/eval-$name"
 done
 
 # Baselines differ between factors, so x2 and x4 get a table each.

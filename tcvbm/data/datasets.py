@@ -155,7 +155,11 @@ class ClipDataset(IterableDataset):
     each video becomes ``round(video_fps / fps)``); ``clips_per_video`` clips per video
     per epoch, at random temporal offsets (``random_offset``) or evenly spread;
     frames resized so they cover ``size`` then cropped at random (``crop="random"``)
-    or in the centre; ``hflip`` flips half of the clips. Videos shorter than a clip
+    or in the centre; ``hflip`` flips half of the clips. ``short_side`` (pixels, or a
+    ``[low, high]`` range drawn per video and epoch) scales frames so their short side
+    has that length before cropping instead: crops then keep the motion of the video at
+    that scale (scaling to cover a small ``size`` shrinks motion to a pixel or two,
+    which a model can learn nothing from), and a range shows a model several scales. Videos shorter than a clip
     are skipped (``short="skip"``) or read cyclically (``"loop"``) or with the last
     frame repeated (``"pad"``).
 
@@ -185,6 +189,7 @@ class ClipDataset(IterableDataset):
         random_offset: bool = True,
         crop: str = "random",
         hflip: bool = False,
+        short_side: int | Sequence[int] | None = None,
         short: str = "skip",
         seed: int = 0,
         shuffle: bool = True,
@@ -215,6 +220,7 @@ class ClipDataset(IterableDataset):
         self.short, self.seed, self.shuffle, self.shuffle_buffer = short, seed, shuffle, shuffle_buffer
         self.backend, self.decode_threads, self.max_open, self.cache_frames = backend, decode_threads, max_open, cache_frames
         self.output = output
+        self.short_side = _side_range(short_side, self.size)
         self.root = Path(root) if root is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(root or "tcvbm-entries")
         self.entries = list(entries)
@@ -236,7 +242,7 @@ class ClipDataset(IterableDataset):
         self._epoch, self._passes = 0, 0
         self.rank, self.world_size = 0, 1
         self._readers: OrderedDict[int, VideoReader | ImageSequenceReader] = OrderedDict()
-        self._frame_cache: dict[int, torch.Tensor] = {}
+        self._frame_cache: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
 
     # -- public ------------------------------------------------------------------
     def __len__(self) -> int:
@@ -354,7 +360,7 @@ class ClipDataset(IterableDataset):
             if key in self._skipped or self._marker(key).exists():
                 continue
             try:
-                return self._read_clips(u, plan)
+                return self._read_clips(u, plan, self._side(epoch, v))
             except VideoReadError as e:
                 self._mark_bad(key, e.reason)
         raise RuntimeError(f"{_MAX_REPLACEMENTS + 1} videos in a row were unreadable; see the warnings")
@@ -368,16 +374,24 @@ class ClipDataset(IterableDataset):
         self._readers[v] = reader
         return reader
 
-    def _read_clips(self, v: int, plan: list[tuple[float, float, float, bool]]) -> list[torch.Tensor]:
+    def _side(self, epoch: int, v: int) -> int | None:
+        """Short side of video ``v``'s frames in ``epoch`` (None: scale to cover ``size``)."""
+        if self.short_side is None:
+            return None
+        low, high = self.short_side
+        return int(np.random.default_rng([self.seed, epoch, v, 3]).integers(low, high + 1))
+
+    def _read_clips(self, v: int, plan: list[tuple[float, float, float, bool]],
+                    side: int | None = None) -> list[torch.Tensor]:
         entry = self.usable[v]
         reader = self._reader(v)
         try:
-            scaled, _ = cover_geometry(reader.size, self.size)
+            scaled, _ = cover_geometry(reader.size, self.size if side is None else (side, side))
             clip_idx = [self._frame_indices(entry, start) for start, *_ in plan]
             if self.cache_frames:
-                if v not in self._frame_cache:
-                    self._frame_cache[v] = reader.read_resized(range(entry.length), scaled)
-                frames, pos = self._frame_cache[v], None
+                if (v, scaled) not in self._frame_cache:
+                    self._frame_cache[(v, scaled)] = reader.read_resized(range(entry.length), scaled)
+                frames, pos = self._frame_cache[(v, scaled)], None
             else:
                 wanted = sorted({i for idx in clip_idx for i in idx})
                 frames, pos = reader.read_resized(wanted, scaled), {i: j for j, i in enumerate(wanted)}
@@ -422,6 +436,17 @@ class ClipDataset(IterableDataset):
             _write_json_atomic(marker, {"key": key, "reason": reason})
         except OSError:
             pass  # without a writable cache the count stays per process
+
+
+def _side_range(short_side: int | Sequence[int] | None, size: tuple[int, int]) -> tuple[int, int] | None:
+    """``short_side`` as an inclusive ``(low, high)`` range, checked against the crop size."""
+    if short_side is None:
+        return None
+    low, high = (short_side, short_side) if isinstance(short_side, int) else tuple(short_side)
+    if not max(size) <= low <= high:
+        raise ValueError(f"short_side must be one length or a [low, high] range with "
+                         f"{max(size)} <= low <= high (the crop is {size[0]}x{size[1]}), got {short_side!r}")
+    return int(low), int(high)
 
 
 def _split_root(root: Path, split: str | None) -> Path:

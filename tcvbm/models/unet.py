@@ -135,7 +135,11 @@ class UNetVideo(VideoBackbone):
     ``attention_levels`` (levels with spatial self-attention), ``temporal_attention_levels``
     (levels whose temporal mixers also attend; the temporal convolution is everywhere),
     ``head_dim``, ``groups`` (GroupNorm), ``dropout``. The middle block always has spatial
-    and temporal attention. H and W are padded to ``2 ** (len(channel_mult) - 1)`` inside.
+    and temporal attention. ``patch_size`` > 1 reads the input through a ``p x p`` patch
+    convolution (stride ``p``) and writes the output through a pixel shuffle, so the whole
+    network runs at ``1/p`` resolution: at ``p = 2`` a quarter of the pixels for every
+    layer, the price of full-resolution frames on a CPU. H and W are padded to
+    ``patch_size * 2 ** (len(channel_mult) - 1)`` inside.
     """
 
     @register_to_config
@@ -154,9 +158,12 @@ class UNetVideo(VideoBackbone):
         head_dim: int = 64,
         groups: int = 32,
         dropout: float = 0.0,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = False
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         levels = len(channel_mult)
         for name, lv in (("attention_levels", attention_levels), ("temporal_attention_levels", temporal_attention_levels)):
             if any(not 0 <= i < levels for i in lv):
@@ -164,10 +171,12 @@ class UNetVideo(VideoBackbone):
         widths = [base_channels * m for m in channel_mult]
         if any(c % groups for c in widths):
             raise ValueError(f"every level width {widths} must be divisible by groups={groups}")
-        self.multiple = 2 ** (levels - 1)
+        self.multiple = patch_size * 2 ** (levels - 1)
         emb_dim = 4 * base_channels
         self.time_embed = TimestepEmbedding(emb_dim)
-        self.conv_in = nn.Conv2d(self.stacked_channels(in_channels, conditional, noise_channels), widths[0], 3, padding=1)
+        stacked = self.stacked_channels(in_channels, conditional, noise_channels)
+        self.conv_in = (nn.Conv2d(stacked, widths[0], 3, padding=1) if patch_size == 1
+                        else nn.Conv2d(stacked, widths[0], patch_size, stride=patch_size))
 
         def unit(cin: int, cout: int, level: int, resample: nn.Module | None = None, mid: bool = False) -> Unit:
             spatial = SpatialAttention(cout, head_dim, groups) if mid or level in attention_levels else None
@@ -194,7 +203,9 @@ class UNetVideo(VideoBackbone):
                 resample = Upsample(widths[level]) if last and level > 0 else None
                 self.up.append(unit(ch + skip_widths.pop(), widths[level], level, resample))
                 ch = widths[level]
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(),
+                                 zero_module(nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1)),
+                                 nn.PixelShuffle(patch_size))
 
     def first_conv(self) -> nn.Conv2d:
         return self.conv_in
