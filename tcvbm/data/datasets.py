@@ -159,9 +159,9 @@ class ClipDataset(IterableDataset):
     ``[low, high]`` range drawn per video and epoch) scales frames so their short side
     has that length before cropping instead: crops then keep the motion of the video at
     that scale (scaling to cover a small ``size`` shrinks motion to a pixel or two,
-    which a model can learn nothing from), and a range shows a model several scales. Videos shorter than a clip
-    are skipped (``short="skip"``) or read cyclically (``"loop"``) or with the last
-    frame repeated (``"pad"``).
+    which a model can learn nothing from), and a range shows a model several scales.
+    Videos shorter than a clip are skipped (``short="skip"``) or read cyclically
+    (``"loop"``) or with the last frame repeated (``"pad"``).
 
     Loading: ``backend``/``decode_threads`` go to the readers, ``max_open`` readers
     stay open per worker, ``cache_frames`` keeps decoded (resized) videos in memory
