@@ -3,7 +3,8 @@
 # short runs (300 steps) of the study recipe (configs/interp-study-cpu.yaml) that differ in one bridge setting
 # each, then `tcvbm eval` of every run on the held-out carphone clip, then one table.
 # Runs one job at a time on one thread, so the second core stays free.
-#   bash tools/sweep_interp_cpu.sh [OUT_DIR]   (default runs/sweep; 96 min on one core here)
+#   bash tools/sweep_interp_cpu.sh [OUT_DIR]   (default runs/sweep; on one core here: 96 min with
+#   the evaluations at 1,2,5,20 steps; the eight evaluations at all six step counts took 26 min)
 set -euo pipefail
 out=${1:-runs/sweep}
 steps=300
