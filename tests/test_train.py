@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,30 @@ def test_resumed_run_follows_uninterrupted_trajectory(tmp_path: Path, capsys) ->
     ema_cut = load_pretrained(tmp_path / "cut" / "model").state_dict()
     for key, value in ema_full.items():
         torch.testing.assert_close(ema_cut[key], value, rtol=1e-5, atol=1e-6)
+
+
+class SlowClips(Clips):
+    """Clips that take ``delay`` seconds each to load, like a loader that cannot keep up."""
+
+    def __init__(self, count: int, delay: float) -> None:
+        super().__init__(count)
+        self.delay = delay
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        time.sleep(self.delay)
+        return super().__getitem__(i)
+
+
+def test_logs_clips_per_second_and_time_waiting_for_data(tmp_path: Path) -> None:
+    delay, batch = 0.05, 4
+    fit(bridge_matching(), SlowClips(4, delay), tiny_cfg(tmp_path, 4, log_every=2))
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [2, 4]
+    for r in logged:
+        step_s, wait = r["perf/step_s"], r["perf/data_wait"]
+        assert r["perf/clips_per_s"] == pytest.approx(batch / step_s)
+        assert 0 < wait <= 1
+        assert wait * step_s >= batch * delay  # the sleeps alone are this much waiting per step
 
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -341,6 +342,38 @@ class _TBuckets:
         return out
 
 
+class _Throughput:
+    """Where the training steps of one log window spent their wall time.
+
+    ``perf/clips_per_s`` is what training consumes (global clips over the steps' wall time,
+    checkpoints and evaluations excluded); ``perf/data_wait`` is the share of that time spent
+    waiting for the loader. Near 0 the loader keeps up; well above 0 it is the bottleneck and
+    more ``data.num_workers`` (or cheaper clips) would speed training up.
+    """
+
+    def __init__(self) -> None:
+        self.steps, self.clips, self.seconds, self.waiting = 0, 0, 0.0, 0.0
+
+    def add_step(self, started: float, clips: int) -> None:
+        self.seconds += time.perf_counter() - started
+        self.steps, self.clips = self.steps + 1, self.clips + clips
+
+    def next_batch(self, stream: _IndexStream | _ShardStream) -> Tensor:
+        started = time.perf_counter()
+        batch = stream.next()
+        self.waiting += time.perf_counter() - started
+        return batch
+
+    def pop(self) -> dict[str, float]:
+        """The window's figures (none before its first step); starts the next window."""
+        if self.steps == 0:
+            return {}
+        out = {"perf/clips_per_s": self.clips / self.seconds, "perf/step_s": self.seconds / self.steps,
+               "perf/data_wait": self.waiting / self.seconds}
+        self.steps, self.clips, self.seconds, self.waiting = 0, 0, 0.0, 0.0
+        return out
+
+
 def _ema_swapped(ema: EMAModel, module: nn.Module) -> contextlib.AbstractContextManager:
     """Temporarily load the EMA weights into ``module`` (for saving and evaluation)."""
 
@@ -427,6 +460,7 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
     result = FitResult(run_dir, state.step, resumed)
     buckets = {n: _TBuckets(cfg.loss.t_buckets) for n in names}
     window: dict[str, list[float]] = {}
+    perf = _Throughput()
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (main and tc.progress),
                desc="train", dynamic_ncols=True)
 
@@ -501,12 +535,13 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
         m.train()
     last_saved = state.step if resumed is not None else -1
     while state.step < tc.max_steps:
+        started = time.perf_counter()
         phase = objective.phase(state.step)
         net, opt = wrapped[phase], optim[phase]
         nets = {n: (wrapped[n] if n == phase else plain[n]) for n in names}
         per_all, t_all, finite = [], [], True
         for micro in range(tc.grad_accum):
-            x0 = stream.next().to(device, non_blocking=True)
+            x0 = perf.next_batch(stream).to(device, non_blocking=True)
             rng = SampleRandom(cfg.seed, state.step, stream.slots(micro), stream.group, device)
             sync = micro == tc.grad_accum - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(net)):
@@ -551,6 +586,7 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
                 f"{last if last is not None else 'none (no checkpoint was written yet)'}; "
                 "lower optim.lr or enable optim.grad_clip, then resume")
         state.step += 1
+        perf.add_step(started, stream.group)
         bar.update(1)
 
         if state.step % tc.log_every == 0 or state.step == tc.max_steps:
@@ -559,6 +595,7 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
             for n in names:
                 logs.update(buckets[n].pop(f"loss_t/{n}"))
                 logs[f"lr/{n}"] = sched[n].get_last_lr()[0]
+            logs.update(perf.pop())
             logs["skipped_steps"] = float(state.bad_total)
             logs["epoch"] = float(stream.epoch(state.step))
             stats = getattr(train_set, "stats", None)
@@ -567,9 +604,11 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
             accelerator.log(logs, step=state.step)
             if main:
                 _append_metrics(run_dir / METRICS_FILE, {"step": state.step, **logs})
-                shown = {k.split("/")[-1] if k.startswith("loss/") else k: v
-                         for k, v in logs.items() if k.startswith("loss/")}
-                bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+                shown = {k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss/")}
+                if "perf/clips_per_s" in logs:
+                    shown["clips/s"] = f"{logs['perf/clips_per_s']:.3g}"
+                    shown["data wait"] = f"{logs['perf/data_wait']:.0%}"
+                bar.set_postfix(shown)
         if state.step % tc.checkpoint_every == 0 or state.step == tc.max_steps:
             checkpoint()
             last_saved = state.step
