@@ -90,16 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = [(args.teacher, load_bundle(args.teacher), args.teacher_steps),
                 (args.student, load_bundle(args.student), args.student_steps)]
-    torch.set_grad_enabled(False)
     print(f"device {args.device}, {args.precision}, compile={args.compile}, "
           f"torch threads {torch.get_num_threads()}")
     print("| model | steps | size (WxH) | output frames/s |")
     print("|---|---|---|---|")
-    for name, bundle, steps in runs:
-        for k in [int(s) for s in steps.split(",")]:
-            for size in [parse_size(s) for s in args.sizes.split(",")]:
-                fps = bench(bundle, k, size, args.frames, args)
-                print(f"| {name} | {k} | {size[1]}x{size[0]} | {fps:.2f} |", flush=True)
+    with torch.no_grad():
+        for name, bundle, steps in runs:
+            for k in [int(s) for s in steps.split(",")]:
+                for size in [parse_size(s) for s in args.sizes.split(",")]:
+                    fps = bench(bundle, k, size, args.frames, args)
+                    print(f"| {name} | {k} | {size[1]}x{size[0]} | {fps:.2f} |", flush=True)
     return 0
 
 

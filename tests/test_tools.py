@@ -1,0 +1,75 @@
+"""The benchmark tools run end to end on CPU at tiny sizes and report consistent figures.
+
+Their numbers at real sizes live in docs/benchmarks.md; here only that each tool measures
+what it says (times, FLOPs, MFU and the share of a measured matmul peak, frames out per second).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from tcvbm.models import create
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load_tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("peak", [None, 0.5])
+def test_bench_models_reports_throughput_and_mfu(tmp_path: Path, peak: float | None) -> None:
+    out = tmp_path / "bench.json"
+    load_tool("bench_models").main(["--device", "cpu", "--dtype", "fp32", "--configs", "unet-tiny",
+                                    "--sizes", "16", "--batch", "2", "--frames", "4", "--warmup", "0",
+                                    "--iters", "1", "--peak-size", "256", "--json", str(out)]
+                                   + (["--peak-tflops", str(peak)] if peak else []))
+    report = json.loads(out.read_text())
+    matmul, (row,) = report["matmul_tflops"], report["rows"]
+    assert matmul > 0 and report["device"].startswith("CPU") and report["peak_tflops"] == peak
+    assert row["config"] == "unet-tiny" and row["params_M"] == pytest.approx(1.48, abs=0.01)
+    assert row["train_gflop"] > 2 * row["fwd_gflop"] > 0  # backward costs about twice the forward
+    assert row["clips_per_s"] == pytest.approx(2 / row["train_s"])
+    tflops = row["train_gflop"] / row["train_s"] / 1e3
+    assert row["train_vs_matmul"] == pytest.approx(tflops / matmul)
+    if peak is None:  # no data sheet for a CPU: no MFU unless the peak is given
+        assert "train_mfu" not in row
+    else:
+        assert row["train_mfu"] == pytest.approx(tflops / peak)
+
+
+def test_bench_models_counts_model_flops_with_attention() -> None:
+    tool = load_tool("bench_models")
+    params, small_fwd, small = tool.model_flops("dit-tiny", (1, 3, 4, 16, 16))
+    assert params == sum(p.numel() for p in create("dit-tiny").parameters())
+    assert small > 2 * small_fwd  # the backward costs about twice the forward
+    # 4x the pixels: 4x the FLOPs of everything per token, 16x those of spatial attention,
+    # so more than 4x in all unless attention went uncounted.
+    assert tool.model_flops("dit-tiny", (1, 3, 4, 32, 32))[2] > 4.5 * small
+
+    args = ["--device", "cpu", "--flops-only", "--configs", "dit-tiny", "--sizes", "16", "--batch", "1",
+            "--frames", "4"]
+    plain, checkpointed = tool.main(args), tool.main(args + ["--grad-checkpointing"])
+    assert plain == checkpointed and "train_s" not in plain[0]  # model FLOPs: recomputation left out
+    assert plain[0]["train_gflop"] == pytest.approx(small / 1e9)
+
+
+def test_bench_inference_times_the_shipped_models(capsys) -> None:
+    load_tool("bench_inference").main(["--teacher-steps", "1", "--student-steps", "1",
+                                       "--sizes", "48x32", "--frames", "2"])
+    rows = re.findall(r"^\| (\S+) \| 1 \| 48x32 \| ([\d.]+) \|$", capsys.readouterr().out, re.M)
+    assert [name for name, _ in rows] == ["default-interp", "default-interp-student"]
+    assert all(float(fps) > 0 for _, fps in rows)
+    assert torch.is_grad_enabled()  # the tool leaves no global state behind for the caller
