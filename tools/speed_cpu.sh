@@ -11,10 +11,10 @@ mkdir -p "$out"
 export HF_HUB_OFFLINE=1
 
 # Backbones: one 16-frame clip of 64x64 per step (the smallest clip of the GPU plan), one timed
-# call after one warm-up (dit-base takes minutes per call here). dit-base's training step does
-# not fit in this machine's 24 GiB without gradient checkpointing, so it runs with it (its
-# FLOPs then include the recomputed forward). torch.compile only for the small configs in
-# bf16, the training regime (compiling the base ones costs more minutes).
+# call after one warm-up (dit-base takes minutes per call here). dit-base runs with gradient
+# checkpointing: without it, it was killed for memory on this 24 GiB machine (its time then
+# includes the recomputed forward; the model FLOPs do not). torch.compile only for the small
+# configs in bf16, the training regime (compiling the base ones costs more minutes).
 models=(--device cpu --sizes 64 --batch 1 --frames 16 --warmup 1 --iters 1)
 for dtype in fp32 bf16; do
   python -u tools/bench_models.py "${models[@]}" --configs unet-small,unet-base,dit-small \
