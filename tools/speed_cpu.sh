@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU version of the speed study in docs/results.md ("Speed"): backbone training throughput
-# and MFU (unet/dit small and base, fp32 and bf16, torch.compile on the small ones), what a real
+# and TFLOP/s (unet/dit small and base, fp32 and bf16, torch.compile on the small ones; no MFU,
+# a CPU has no data-sheet peak), what a real
 # training run of the shipped recipe consumes against what its loader delivers (0, 1, 2
 # workers), and the shipped models at 1080p. Run it on an otherwise idle machine: every figure
 # is a timing.
