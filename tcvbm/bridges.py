@@ -314,7 +314,8 @@ class Bridge:
 
         With ``m_t`` the bridge mean given ``x0_hat`` and ``S_t`` the symmetric square root of
         the marginal covariance, ``X_s = m_s + S_s S_t^{-1} (X_t - m_t)``. The implied noise
-        keeps its frame correlation; at ``t = 1`` (no noise yet) the step is the mean.
+        keeps its frame correlation; at ``t = 1`` (no noise yet) the step is the mean, so a
+        sampler that must return a sample starts with a noisy :meth:`posterior_step`.
         """
         t, s = self._check_step(x0_hat, xt, x1, t, s)
         one = torch.ones_like(t)

@@ -5,7 +5,12 @@ callback=None) -> x0``: ``model_fn(x_t, t)`` returns an x0 prediction for a (B,)
 tensor, ``timesteps`` decreases from 1 to 0. Sampling starts at ``t = 1`` where the bridge
 marginal is exactly ``x1`` and walks the grid with a bridge step; the last step (``s = 0``)
 returns the model's prediction, so every sampler returns ``x0`` for an oracle model at any
-number of steps. The math of each step lives in :mod:`tcvbm.bridges`.
+number of steps, and a 1-step sampler returns the model's mean. The math of each step lives
+in :mod:`tcvbm.bridges`.
+
+Because ``X_1`` carries no noise, a sampler draws a sample only if it injects noise itself:
+``stochastic`` does at every step, ``deterministic`` once at its first step and
+``posterior-mean`` never (it returns a mean estimate, whatever the seed).
 """
 
 from __future__ import annotations
@@ -81,8 +86,14 @@ def sample_stochastic(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: 
 def sample_posterior_mean(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
                           generator: torch.Generator | None = None,
                           callback: Callback | None = None) -> Tensor:
-    """The posterior step without its noise: deterministic, and it shrinks the noise
-    already in ``X_t`` faster than the marginals do, which suits very few steps."""
+    """The posterior step without its noise: an estimate of ``E[X_0 | X_1]``, not a sample.
+
+    Started from the noise-free ``X_1`` it never injects noise, so its output is the same for
+    every seed and every state it feeds the model is a bridge mean, an input without the noise
+    the model saw in training. The mean is what a pixel-distance metric (PSNR) rewards, so this
+    sampler suits interpolation and super-resolution scored that way; it is no sampler for
+    tasks that must invent content (image-to-video).
+    """
     return _walk(lambda x0, xt, t, s: bridge.posterior_step(x0, xt, x1, t, s, noise=False),
                  model_fn, x1, timesteps, callback)
 
@@ -90,9 +101,22 @@ def sample_posterior_mean(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timeste
 def sample_deterministic(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
                          generator: torch.Generator | None = None,
                          callback: Callback | None = None) -> Tensor:
-    """DDIM-style: keep the noise implied by ``X_t`` and rescale it to time ``s``."""
-    return _walk(lambda x0, xt, t, s: bridge.deterministic_step(x0, xt, x1, t, s),
-                 model_fn, x1, timesteps, callback)
+    """DBIM-style (eta = 0): one seeded "booting" noise, then a marginal-preserving path.
+
+    ``X_1`` implies no noise to keep, so the first step from ``t = 1`` is a posterior step
+    with noise drawn from ``generator`` (torch's global one when None); from ``t = 1`` that is
+    a draw of the bridge marginal at ``s`` given the prediction. Every later step keeps the
+    noise implied by ``X_t`` and rescales it to ``s`` (:meth:`Bridge.deterministic_step`).
+    All randomness is that one draw: different seeds give different samples, the same seed
+    the same one.
+    """
+
+    def step(x0_hat: Tensor, xt: Tensor, t: float, s: float) -> Tensor:
+        if t == 1.0:
+            return bridge.posterior_step(x0_hat, xt, x1, t, s, generator=generator)
+        return bridge.deterministic_step(x0_hat, xt, x1, t, s)
+
+    return _walk(step, model_fn, x1, timesteps, callback)
 
 
 SAMPLERS: dict[str, Sampler] = {

@@ -1,4 +1,5 @@
-"""Samplers share one signature and recover x0 with an oracle model at any step count."""
+"""Samplers share one signature, recover x0 with an oracle model at any step count, and
+draw from the right law: checked on a Gaussian toy whose posterior is known in closed form."""
 
 from __future__ import annotations
 
@@ -39,17 +40,24 @@ def test_first_call_sees_the_source_and_callback_gets_the_trajectory() -> None:
     assert traj[-1]["s"] == 0.0 and torch.allclose(traj[-1]["x"], x0, atol=1e-6)
 
 
-def test_stochastic_sampler_is_seeded_and_noisy_in_between() -> None:
-    x0, x1 = torch.randn(2, 1, 2, 4, 4, 4)
+@pytest.mark.parametrize("name", ["stochastic", "deterministic"])
+def test_sampling_samplers_are_seeded_and_noisy_in_between(name: str) -> None:
+    x1 = torch.randn(2, 1, 4, 4, 4)
     bridge = Bridge(4)
     # A model that is only right at the end shows the intermediate noise in the output.
     model = lambda xt, t: xt  # noqa: E731
-    run = lambda seed: SAMPLERS["stochastic"](  # noqa: E731
+    run = lambda seed: SAMPLERS[name](  # noqa: E731
         model, x1, bridge, get_timesteps(5), generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
-    det = lambda: SAMPLERS["deterministic"](model, x1, bridge, get_timesteps(5))  # noqa: E731
-    assert torch.equal(det(), det())
+
+
+def test_posterior_mean_ignores_the_seed() -> None:
+    x1 = torch.randn(2, 1, 4, 4, 4)
+    model = lambda xt, t: 0.5 * xt  # noqa: E731
+    run = lambda seed: SAMPLERS["posterior-mean"](  # noqa: E731
+        model, x1, Bridge(4), get_timesteps(5), generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(1), run(2))
 
 
 def test_timesteps() -> None:
@@ -70,3 +78,115 @@ def test_timesteps() -> None:
     x = torch.zeros(1, 1, 2, 2, 2)
     with pytest.raises(ValueError, match="^timesteps"):
         SAMPLERS["stochastic"](lambda xt, t: xt, x, Bridge(2), torch.tensor([1.0, 0.5]))
+
+
+# ---------------------------------------------------------------- a Gaussian toy, solved exactly
+# Every pixel column of the clip is one sample: x0 ~ N(m, C0) on the frame axis (correlated
+# frames), x1 a fixed source independent of x0, so the law a sampler must produce at t = 0 is
+# N(m, C0) itself. The bridge marginal given x0 is N(x1 + W_t (x0 - x1), S_t) for the source
+# centre and N(W_t x0 + ..., S_t) for the zero centre; either way X_t | x1 is Gaussian and the
+# exact denoiser E[x0 | X_t, x1] is Gaussian conditioning on it.
+FRAMES, SIDE = 4, 128  # 128 x 128 = 16384 samples per run
+TOY_PRIORS = ["ar1", "brownian"]
+
+
+def _start_weight(bridge: Bridge, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_t, S_t): the frame matrix multiplying x0 in the marginal mean and the marginal
+    covariance, read off ``bridge.marginal`` on the unit clips (x1 = 0 removes the x1 term)."""
+    eye = torch.eye(FRAMES, dtype=torch.float64).view(FRAMES, 1, FRAMES, 1, 1)
+    mean, cov = bridge.marginal(eye, torch.zeros_like(eye), t)
+    return mean[:, 0, :, 0, 0].T, cov[0]
+
+
+def _column_clip(v: torch.Tensor) -> torch.Tensor:
+    """A (1, 1, N, SIDE, SIDE) clip with the frame vector ``v`` at every pixel."""
+    return v.view(1, 1, FRAMES, 1, 1).expand(1, 1, FRAMES, SIDE, SIDE).clone()
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empirical frame mean (N,) and covariance (N, N) over the pixels of a (1, 1, N, H, W) clip."""
+    cols = x[0, 0].reshape(FRAMES, -1)
+    return cols.mean(1), torch.cov(cols)
+
+
+class GaussianToy:
+    """The toy for one prior: its bridge, the x0 law N(m, C0), the source and the denoiser."""
+
+    def __init__(self, prior: str) -> None:
+        self.bridge = Bridge(FRAMES, prior=prior)
+        lag = torch.arange(FRAMES)
+        self.mean = torch.tensor([0.3, -0.2, 0.1, 0.4], dtype=torch.float64)
+        self.cov = 0.25 * 0.6 ** (lag[:, None] - lag[None, :]).abs().double()
+        self.x1 = _column_clip(torch.tensor([-0.5, 0.2, 0.6, -0.1], dtype=torch.float64))
+        self.mean_clip = _column_clip(self.mean)
+
+    def denoiser(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """E[x0 | X_t, x1] = m + C0 W^T (W C0 W^T + S)^{-1} (X_t - E[X_t | x1])."""
+        time = float(t[0])
+        if time >= 1.0:  # X_1 = x1 says nothing about x0
+            return self.mean_clip.clone()
+        w, s = _start_weight(self.bridge, time)
+        gain = self.cov @ w.T @ torch.linalg.inv(w @ self.cov @ w.T + s)
+        expected, _ = self.bridge.marginal(self.mean_clip, self.x1, time)
+        return self.mean_clip + torch.einsum("nm,bcmhw->bcnhw", gain, xt - expected)
+
+    def errors(self, name: str, steps: int) -> tuple[float, float, float]:
+        """(largest mean error, spread ratio sqrt(tr C / tr C0), relative covariance error)."""
+        out = SAMPLERS[name](self.denoiser, self.x1, self.bridge, get_timesteps(steps),
+                             generator=torch.Generator().manual_seed(0))
+        mean, cov = _moments(out)
+        spread = float((cov.trace() / self.cov.trace()).sqrt())
+        shape = float((cov - self.cov).norm() / self.cov.norm())
+        return float((mean - self.mean).abs().max()), spread, shape
+
+
+@pytest.mark.parametrize("prior", TOY_PRIORS)
+@pytest.mark.parametrize("name", ["stochastic", "deterministic"])
+def test_samples_approach_the_posterior_as_steps_grow(name: str, prior: str) -> None:
+    toy = GaussianToy(prior)
+    assert toy.errors(name, 1)[1] < 1e-9  # one step returns the model's mean
+    runs = [toy.errors(name, steps) for steps in (10, 50, 200)]
+    spread_gap = [abs(1.0 - spread) for _, spread, _ in runs]
+    shape_gap = [shape for _, _, shape in runs]
+    assert spread_gap[0] > spread_gap[1] > spread_gap[2], runs
+    assert shape_gap[0] > shape_gap[1] > shape_gap[2], runs
+    assert spread_gap[2] < 0.04 and shape_gap[2] < 0.07, runs
+    # the standard error of each mean is 0.5 / 128 ~ 0.004
+    assert all(mean_err < 0.02 for mean_err, _, _ in runs), runs
+
+
+@pytest.mark.parametrize("prior", TOY_PRIORS)
+def test_posterior_mean_returns_the_mean(prior: str) -> None:
+    toy = GaussianToy(prior)
+    for steps in (1, 10, 200):
+        out = SAMPLERS["posterior-mean"](toy.denoiser, toy.x1, toy.bridge, get_timesteps(steps),
+                                         generator=torch.Generator().manual_seed(steps))
+        assert torch.allclose(out, toy.mean_clip, atol=1e-9)  # spread 0 by design
+
+
+@pytest.mark.parametrize("prior", TOY_PRIORS)
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_intermediate_state_follows_the_bridge_marginal(name: str, prior: str) -> None:
+    """With the true x0 as the model each state X_s must have the bridge marginal
+    q(X_s | x0, x1) exactly, at any step count: the sampling samplers in law (Monte Carlo
+    over the pixels), posterior-mean as its mean with no spread. The final output alone
+    cannot show a wrong step before the last, since the last step returns the prediction."""
+    toy = GaussianToy(prior)
+    x0 = _column_clip(torch.tensor([0.8, -0.4, 0.0, 0.5], dtype=torch.float64))
+    states = []
+    SAMPLERS[name](lambda xt, t: x0, toy.x1, toy.bridge, get_timesteps(6, "quadratic"),
+                   generator=torch.Generator().manual_seed(1),
+                   callback=lambda info: states.append((info["s"], info["x"])))
+    assert len(states) == 6
+    for s, x in states[:-1]:
+        mean, cov = toy.bridge.marginal(x0[:, :, :, :1, :1], toy.x1[:, :, :, :1, :1], s)
+        emp_mean, emp_cov = _moments(x)
+        if name == "posterior-mean":
+            cov = torch.zeros_like(cov[0])
+            assert torch.allclose(x, mean.expand_as(x), atol=1e-9)
+        else:
+            scale = float(cov[0].diagonal().max())
+            cov = cov[0]
+            # standard errors: sqrt(scale / 16384) for the mean, ~scale / 90 for the covariance
+            assert (emp_mean - mean.flatten()).abs().max() < 0.04 * scale ** 0.5, (s, emp_mean)
+        assert (emp_cov - cov).abs().max() < 0.05 * float(cov.diagonal().max()) + 1e-12, (s,)
