@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -23,9 +24,31 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 __all__ = ["Config", "load_config", "parse_overrides", "config_to_yaml", "save_config",
-           "resolve_config_path", "CONFIG_DIR"]
+           "resolve_config_path", "shipped_config_dir", "CONFIG_DIR"]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def shipped_config_dir() -> Path:
+    """The folder of the shipped configs, found by import as the package ``tcvbm.configs``.
+
+    The files live once, in the repository's top-level ``configs/``, which pyproject.toml
+    installs as ``tcvbm.configs``: an editable install maps that name to the checkout's
+    folder and a wheel carries the folder inside the package, so asking the import system
+    finds the right one in both cases, where a path relative to this file finds only one.
+    """
+    try:
+        folder = resources.files("tcvbm.configs")
+    except ModuleNotFoundError:
+        raise RuntimeError(
+            "tcvbm: the package 'tcvbm.configs' (the shipped configs, the repository's configs/) "
+            "cannot be imported: tcvbm is not installed, or was installed from an older version; "
+            "reinstall it (in a checkout: pip install -e .)"
+        ) from None
+    if not isinstance(folder, Path):  # a zip import: configs are read as files on disk
+        raise RuntimeError(f"tcvbm: the shipped configs {folder} are not a folder on disk")
+    return folder
+
+
+CONFIG_DIR = shipped_config_dir()
 T_SAMPLINGS = ("uniform", "logit-normal", "stratified")
 WEIGHTINGS = ("none", "min-snr", "sigmoid")
 PRECISIONS = ("no", "bf16")

