@@ -46,7 +46,6 @@ def flow_interpolation(task: FrameInterpolation, obs: Tensor, num_frames: int) -
 BASELINES: dict[str, dict[str, Baseline]] = {
     "interp": {"repeat": frame_repetition, "blend": linear_blending, "flow": flow_interpolation},
     "vsr": {"bicubic": task_lift},
-    "image-sr": {"bicubic": task_lift},
     "i2v": {"static": task_lift},
 }
 

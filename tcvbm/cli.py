@@ -16,7 +16,8 @@ def _steps_list(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -25,18 +26,47 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         return int(h or w), int(w)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or WxH (e.g. 176x144), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected N or WxH (e.g. 176x144), got {text!r}") from None
 
 
-def _common_inference(p: argparse.ArgumentParser, model_default: str | None) -> None:
-    p.add_argument("--model", default=model_default,
-                   help="a run directory, a saved model directory or a shipped model name"
-                        + (f" (default: {model_default})" if model_default else ""))
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--sampler", default=None, help="stochastic, deterministic or posterior-mean")
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    """How a model is sampled: the flags of every command that runs one, eval included."""
+    p.add_argument("--sampler", default=None,
+                   help="stochastic, deterministic or posterior-mean (default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _inference_flags(p: argparse.ArgumentParser, model_default: str | None, *,
+                     model: bool = True) -> None:
+    """The flags shared by the commands that restore or make files (interpolate, i2v,
+    upscale, sample), named after the pipeline functions' parameters; ``model=False`` for
+    ``sample``, which takes its model as a positional run directory."""
+    if model:
+        p.add_argument("--model", default=model_default,
+                       help="a run directory, a saved model directory or a shipped model name"
+                            + (f" (default: {model_default})" if model_default else ""))
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    _sampling_flags(p)
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="largest tile side in pixels: larger frames run as overlapping tiles "
+                        "(default: 512; smaller uses less memory)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+
+
+def _window_flags(p: argparse.ArgumentParser) -> None:
+    """How a video is cut into windows in time (interpolate, upscale)."""
+    p.add_argument("--batch", type=int, default=1, help="windows per model call")
+    p.add_argument("--overlap", type=int, default=None, metavar="FRAMES",
+                   help="input frames shared by neighbouring windows (default: half a window)")
+
+
+def _inference_kwargs(args: argparse.Namespace) -> dict:
+    """The values of :func:`_inference_flags` as keyword arguments of the pipeline."""
+    return dict(steps=args.steps, sampler=args.sampler, device=args.device,
+                precision=args.precision, seed=args.seed, tile=args.tile, compile=args.compile)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -69,18 +99,16 @@ def _cmd_distill(args: argparse.Namespace) -> None:
 def _cmd_sample(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import sample_files
 
-    written = sample_files(args.run_dir, args.input, args.output, steps=args.steps,
-                           sampler=args.sampler, device=args.device, precision=args.precision)
-    for path in written:
+    for path in sample_files(args.run_dir, args.input, args.output, **_inference_kwargs(args)):
         print(f"wrote {path}")
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import interpolate
 
-    interpolate(args.input, args.output, factor=args.factor, model=args.model, steps=args.steps,
-                sampler=args.sampler, device=args.device, precision=args.precision,
-                seed=args.seed, scene_cuts=not args.no_scene_cuts, batch=args.batch)
+    interpolate(args.input, args.output, factor=args.factor, model=args.model,
+                scene_cuts=not args.no_scene_cuts, batch=args.batch, overlap=args.overlap,
+                **_inference_kwargs(args))
     if args.preview:
         from tcvbm.preview import interpolation_preview
 
@@ -91,28 +119,26 @@ def _cmd_i2v(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import image_to_video
 
     image_to_video(args.input, args.output, frames=args.frames, fps=args.fps, model=args.model,
-                   steps=args.steps, sampler=args.sampler, device=args.device,
-                   precision=args.precision, seed=args.seed)
+                   **_inference_kwargs(args))
 
 
 def _cmd_upscale(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import upscale
 
-    upscale(args.input, args.output, scale=args.scale, model=args.model, steps=args.steps,
-            sampler=args.sampler, device=args.device, precision=args.precision, seed=args.seed,
-            batch=args.batch)
+    upscale(args.input, args.output, scale=args.scale, model=args.model, batch=args.batch,
+            overlap=args.overlap, **_inference_kwargs(args))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from tcvbm.evaluate import run_eval
 
     run_eval(args.task, args.data, model=args.model, steps=args.steps,
-                      baselines=args.baselines, output_dir=args.output, sampler=args.sampler,
-                      device=args.device, precision=args.precision, factor=args.factor,
-                      scale=args.scale, num_frames=args.frames, size=args.size,
-                      clips_per_video=args.clips_per_video, seed=args.seed,
-                      lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
-                      fvd_weights=args.fvd_weights)
+             baselines=args.baselines, output_dir=args.output, sampler=args.sampler,
+             device=args.device, precision=args.precision, factor=args.factor,
+             scale=args.scale, num_frames=args.frames, size=args.size,
+             clips_per_video=args.clips_per_video, seed=args.seed,
+             lpips_weights=args.lpips_weights, alexnet_weights=args.alexnet_weights,
+             fid_weights=args.fid_weights, fvd_weights=args.fvd_weights)
     print(f"wrote {Path(args.output) / 'metrics.md'}")
 
 
@@ -138,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=what)
         p.add_argument("config", help="a YAML file under configs/ (or its name, e.g. interp-tiny)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="dotted overrides, e.g. data.root=DIR train.max_steps=30 output_dir=OUT")
+                       help="dotted overrides, e.g. data.root=DIR train.max_steps=30 "
+                            "output_dir=OUT")
         p.add_argument("--resume", default=None, metavar="latest|PATH",
                        help="resume from output_dir's latest checkpoint or a checkpoint path "
                             "(a run whose output_dir has checkpoints resumes on its own)")
@@ -148,22 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--input", required=True, help="a video, an image or a folder of them")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--sampler", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    _inference_flags(p, None, model=False)
     p.set_defaults(fn=_cmd_sample)
 
     p = sub.add_parser("interpolate", help="multiply a video's frame rate")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--factor", type=int, default=2, choices=[2, 4, 8])
-    p.add_argument("--batch", type=int, default=1, help="windows per model call")
+    _window_flags(p)
     p.add_argument("--no-scene-cuts", action="store_true",
                    help="interpolate across detected scene cuts too")
     p.add_argument("--preview", default=None, metavar="PNG",
                    help="also write a picture: linear blending above the output, frame by frame")
-    _common_inference(p, "default-interp")
+    _inference_flags(p, "default-interp")
     p.set_defaults(fn=_cmd_interpolate)
 
     p = sub.add_parser("i2v", help="animate an image into a clip")
@@ -171,15 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--fps", type=float, default=8.0)
-    _common_inference(p, None)
+    _inference_flags(p, None)
     p.set_defaults(fn=_cmd_i2v)
 
     p = sub.add_parser("upscale", help="video super-resolution")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--scale", type=int, default=None, choices=[2, 4])
-    p.add_argument("--batch", type=int, default=1)
-    _common_inference(p, None)
+    _window_flags(p)
+    _inference_flags(p, None)
     p.set_defaults(fn=_cmd_upscale)
 
     p = sub.add_parser("eval", help="score a model and the baselines on held-out clips")
@@ -189,9 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_steps_list, default=None, help="e.g. 1,2,5,10,50")
     p.add_argument("--baselines", action="store_true")
     p.add_argument("-o", "--output", default="outputs/eval")
-    p.add_argument("--sampler", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    _sampling_flags(p)
     p.add_argument("--factor", type=int, default=None)
     p.add_argument("--scale", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)
@@ -199,8 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames scaled to cover and centre-cropped to N or WxH (default: the "
                         "model's training size); the clip's own WxH scores at full resolution")
     p.add_argument("--clips-per-video", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lpips-weights", default=None, help="local LPIPS weights (.pth)")
+    p.add_argument("--lpips-weights", default=None,
+                   help="local LPIPS weights (.pth): a full LPIPS AlexNet state dict, or the "
+                        "linear layers alone with --alexnet-weights")
+    p.add_argument("--alexnet-weights", default=None,
+                   help="local ImageNet AlexNet state dict, the trunk for linear-only "
+                        "--lpips-weights")
     p.add_argument("--fid-weights", default=None, help="local Inception weights")
     p.add_argument("--fvd-weights", default=None, help="local I3D weights")
     p.set_defaults(fn=_cmd_eval)

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from tcvbm import metrics
 from tcvbm.baselines import BASELINES
-from tcvbm.pipeline import VIDEO_SUFFIXES, model_label, model_window_fn, resolve_bundle
+from tcvbm.data.video import VIDEO_EXTENSIONS
+from tcvbm.pipeline import model_label, model_window_fn, resolve_bundle
 from tcvbm.tasks import Task, get_task
 
 __all__ = ["run_eval", "load_eval_clips", "score_clip", "Method"]
@@ -49,7 +50,7 @@ def _video_files(data: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise ValueError(f"data: {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
         raise ValueError(f"data: no video files under {root}")
     return files
@@ -208,7 +209,7 @@ def _plots(summary: list[dict], out_dir: Path, metric: str = "psnr") -> list[Pat
 
 def _task(task: str, bundle, factor: int | None, scale: int | None) -> Task:
     if bundle is not None:
-        if bundle.task.name != task and not (task == "vsr" and bundle.task.name == "image-sr"):
+        if bundle.task.name != task:
             raise ValueError(f"task: the model is a {bundle.task.name!r} model, not {task!r}")
         return bundle.task
     kwargs = {"factor": factor or 2} if task == "interp" else {"scale": scale or 4} \

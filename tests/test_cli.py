@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -53,3 +54,73 @@ def test_resume_flag_becomes_the_resume_override() -> None:
     assert _overrides(args) == ["train.max_steps=3", "resume=latest"]
     args = build_parser().parse_args(["distill", "distill-tiny", "teacher=runs/x"])
     assert _overrides(args) == ["teacher=runs/x"]
+
+
+def _record_calls(monkeypatch, module: str, name: str) -> list[tuple[tuple, dict]]:
+    """Replace ``module.name`` by a recorder; the command imports it at call time."""
+    calls: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(f"{module}.{name}", lambda *a, **kw: calls.append((a, kw)) or [])
+    return calls
+
+
+INFERENCE = ["--steps", "3", "--sampler", "posterior-mean", "--device", "cuda:1", "--precision",
+             "bf16", "--seed", "7", "--tile", "64", "--compile"]
+INFERENCE_KWARGS = dict(steps=3, sampler="posterior-mean", device="cuda:1", precision="bf16",
+                        seed=7, tile=64, compile=True)
+
+
+@pytest.mark.parametrize("command,function,argv,extra", [
+    ("interpolate", "interpolate", ["in.mp4", "-o", "out.mp4", "--overlap", "2", "--batch", "3"],
+     dict(overlap=2, batch=3, model="default-interp", factor=2, scene_cuts=True)),
+    ("upscale", "upscale", ["in.mp4", "-o", "out.mp4", "--model", "m", "--overlap", "1"],
+     dict(overlap=1, batch=1, model="m", scale=None)),
+    ("i2v", "image_to_video", ["in.png", "-o", "out.mp4", "--model", "m"],
+     dict(model="m", frames=None, fps=8.0)),
+])
+def test_inference_flags_reach_the_pipeline(monkeypatch, command, function, argv, extra) -> None:
+    calls = _record_calls(monkeypatch, "tcvbm.pipeline", function)
+    assert main([command, *argv, *INFERENCE]) == 0
+    (_, kwargs), = calls
+    assert kwargs == {**INFERENCE_KWARGS, **extra}
+
+
+@pytest.mark.parametrize("task,function", [("interp", "interpolate"), ("vsr", "upscale")])
+def test_sample_passes_the_flags_to_the_command_of_the_run(monkeypatch, tmp_path, task,
+                                                           function) -> None:
+    bundle = SimpleNamespace(model_fn=None, task=SimpleNamespace(name=task, factor=2, scale=4))
+    monkeypatch.setattr("tcvbm.pipeline.resolve_bundle", lambda run_dir: bundle)
+    calls = _record_calls(monkeypatch, "tcvbm.pipeline", function)
+    (tmp_path / "clip.mp4").touch()
+    assert main(["sample", "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"),
+                 *INFERENCE]) == 0
+    (args, kwargs), = calls
+    assert args == (tmp_path / "clip.mp4", tmp_path / "out" / "clip.mp4", 2 if task == "interp"
+                    else 4)
+    assert kwargs == {**INFERENCE_KWARGS, "model": bundle}
+
+
+def test_eval_passes_the_local_perceptual_weights(monkeypatch, tmp_path) -> None:
+    calls = _record_calls(monkeypatch, "tcvbm.evaluate", "run_eval")
+    assert main(["eval", "--task", "interp", "--data", "clips", "-o", str(tmp_path),
+                 "--lpips-weights", "lin.pth", "--alexnet-weights", "alex.pth"]) == 0
+    (_, kwargs), = calls
+    assert kwargs["lpips_weights"] == "lin.pth" and kwargs["alexnet_weights"] == "alex.pth"
+
+
+def test_tile_flag_runs_like_the_python_api(tmp_path, make_clip) -> None:
+    """``--tile 32`` on a 48x64 clip tiles it exactly as ``interpolate(tile=32)`` does."""
+    from tcvbm.data import VideoReader
+    from tcvbm.pipeline import interpolate
+
+    clip = make_clip(tmp_path / "in.mp4", n=3, h=48, w=64, fps=12)
+    outputs = {}
+    for name, tile in (("cli", 32), ("api", 32), ("whole", None)):
+        out = tmp_path / f"{name}.mp4"
+        if name == "cli":
+            assert main(["interpolate", str(clip), "-o", str(out), "--tile", "32"]) == 0
+        else:
+            interpolate(clip, out, tile=tile, progress=False)
+        with VideoReader(out, backend="pyav") as reader:
+            outputs[name] = reader.read(range(len(reader)))
+    assert torch.equal(outputs["cli"], outputs["api"])
+    assert not torch.equal(outputs["cli"], outputs["whole"])     # the tiles made a difference

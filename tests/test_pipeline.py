@@ -7,6 +7,7 @@ single-window runs, or between tiled and whole frames, is the pipeline's doing.
 
 from __future__ import annotations
 
+import re
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -19,13 +20,14 @@ from torch import nn
 
 from conftest import _make_clip as make_clip
 from tcvbm.bridges import Bridge
-from tcvbm.pipeline import (
-    TemporalBlender, _iter_frames, _Warnings, cfr_indices, feather, interpolate,
-    restore_stream, stage_count, tile_starts, tiled, upscale,
+from tcvbm.data.streams import (
+    RepairCounter as _Warnings, cfr_indices, read_repaired as _iter_frames,
 )
+from tcvbm.pipeline import interpolate, upscale
 from tcvbm.runs import InferenceBundle
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.tasks import get_task
+from tcvbm.windows import TemporalBlender, feather, restore_stream, stage_count, tile_starts, tiled
 
 
 class SourceModel(nn.Module):
@@ -308,22 +310,35 @@ def test_failure_leaves_nothing_half_written(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["in.mp4"]
 
 
-def test_damaged_stretch_gives_output_or_a_clear_error(tmp_path):
-    src = make_video(tmp_path / "in.mp4", moving_frames(30, 32, 48), fps=10)
+def test_damaged_stretch_is_repaired_from_the_previous_good_frame(tmp_path):
+    """Frames 14-16 zeroed in the file (keyframes every 10 frames): the frames that cannot be
+    decoded, no more than their group of pictures, are each replaced by the last good frame
+    and counted as warnings; every other input frame comes through as itself."""
+    frames = moving_frames(30, 32, 48)
+    src = make_clip(tmp_path / "in.mp4", fps=10, frames=frames.numpy(), options={"crf": "10"},
+                    gop=10)
+    with av.open(str(src)) as container:
+        packets = sorted((p.pts, p.pos, p.size, p.is_keyframe)
+                         for p in container.demux(container.streams.video[0]) if p.size)
+    damaged = range(14, 17)
     data = bytearray(src.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 400] = bytes(400)
+    for _, pos, size, _ in packets[damaged.start:damaged.stop]:
+        data[pos:pos + size] = bytes(size)
     src.write_bytes(bytes(data))
-    out = tmp_path / "out.mp4"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            summary = interpolate(src, out, model=source_bundle(), progress=False)
-        except ValueError as err:
-            assert "in.mp4" in str(err)
-            assert not out.exists()
-        else:
-            assert out.exists() and summary.frames_out == 2 * summary.frames_in
+    keys = [j for j, packet in enumerate(packets) if packet[3]]
+    gop = range(max(k for k in keys if k <= damaged[0]),
+                min((k for k in keys if k > damaged[-1]), default=len(packets)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = interpolate(src, tmp_path / "out.mp4", model=source_bundle(), progress=False)
+    repaired = re.compile(r"frame (\d+): unreadable; repeated the previous frame")
+    lost = [int(m[1]) for w in caught if (m := repaired.fullmatch(str(w.message)))]
+    assert (summary.frames_in, summary.frames_out, summary.warnings) == (30, 60, len(lost))
+    assert set(damaged) <= set(lost) <= set(gop)
+    assert lost == list(range(lost[0], lost[-1] + 1))
+    kept = decode(tmp_path / "out.mp4")[0][::2].float()  # the input frames of the output
+    nearest = [int((frames.float() - f).abs().mean(dim=(1, 2, 3)).argmin()) for f in kept]
+    assert nearest == [lost[0] - 1 if j in lost else j for j in range(30)]
 
 
 def test_upscale_with_a_source_model(tmp_path):

@@ -19,7 +19,8 @@ import time
 import torch
 
 from tcvbm.cli import parse_size
-from tcvbm.pipeline import TemporalBlender, build_window_fn, window_keys
+from tcvbm.pipeline import build_window_fn, window_inputs
+from tcvbm.windows import TemporalBlender
 
 
 def moving_texture(n: int, h: int, w: int) -> list[torch.Tensor]:
@@ -30,7 +31,7 @@ def moving_texture(n: int, h: int, w: int) -> list[torch.Tensor]:
 
 
 def bench(bundle, steps: int, size: tuple[int, int], frames: int, args) -> float:
-    keys, factor = window_keys(bundle)
+    keys, factor = window_inputs(bundle)
     fn = build_window_fn(bundle, 1, steps, None, args.device, args.precision, args.tile, args.batch, 0,
                  args.compile)
     inputs = moving_texture(frames + keys, *size)

@@ -85,16 +85,20 @@ class TemporalModule(nn.Module):
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate-pad the last two dims of ``x`` up to a multiple of ``multiple``.
+    """Replicate-pad the last two dims of ``x`` (bottom and right) up to a multiple.
 
     Replicate (not zero) padding keeps the border statistics close to the image's own, so the
-    crop that follows sees little edge artefact; reflect would fail on tiny inputs.
+    crop that follows sees little edge artefact; reflect would fail on tiny inputs. Any
+    leading dims are allowed (frames ``(B, C, H, W)`` in the backbones, clips
+    ``(B, C, N, H, W)`` in the tiler): they are flattened because replicate padding of two
+    dims takes at most 4-D input.
     """
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return x
+    if not ph and not pw:
+        return x
+    flat = F.pad(x.reshape(-1, h, w), (0, pw, 0, ph), mode="replicate")
+    return flat.reshape(*x.shape[:-2], h + ph, w + pw)
 
 
 class VideoBackbone(ModelMixin, ConfigMixin):

@@ -1,0 +1,174 @@
+"""Video streams for the inference commands: open, pick frames, read with repair, write.
+
+A command reads one video in order and writes another as it goes. Real files are not always
+clean, so reading is best-effort where it can be honest about it: a variable-frame-rate
+stream is resampled to a constant rate by timestamp, a frame that fails to decode is
+replaced by the previous good one, and every such repair is a warning counted by
+:class:`RepairCounter`, so the closing summary can say the output is not pristine. Anything
+that cannot be repaired (a missing file, no frames, frames too small) is a ``ValueError``
+naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tcvbm.data.errors import VideoReadError
+from tcvbm.data.video import VideoReader
+from tcvbm.data.writer import write_video
+
+__all__ = ["MIN_SIZE", "RepairCounter", "open_video", "cfr_indices", "constant_rate_indices",
+           "read_repaired", "with_progress", "write_counted", "read_image"]
+
+MIN_SIZE = 8                # frames smaller than this on a side carry too little to restore
+
+
+class RepairCounter:
+    """Warns about each best-effort repair and counts them for the run's summary."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        warnings.warn(message, stacklevel=3)
+
+
+def open_video(path: str | os.PathLike) -> VideoReader:
+    """A reader for ``path``, or a ``ValueError`` saying why the file cannot be restored."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input: {path} does not exist or is not a file")
+    try:   # PyAV: the frame-exact reference decoder, and the right one to read in order
+        reader = VideoReader(str(path), backend="pyav")
+        length = len(reader)
+    except VideoReadError as err:
+        raise ValueError(f"input: cannot read {path} as a video: {err}") from err
+    if length == 0:
+        raise ValueError(f"input: {path} has no frames")
+    h, w = reader.size
+    if min(h, w) < MIN_SIZE:
+        raise ValueError(f"input: {path} is {h}x{w}; frames must be at least "
+                         f"{MIN_SIZE}x{MIN_SIZE}")
+    return reader
+
+
+def cfr_indices(timestamps: Sequence[float], fps: float) -> list[int]:
+    """Frame indices that resample a variable-frame-rate stream to constant ``fps``.
+
+    Slot ``j`` at ``t_0 + j / fps`` takes the frame shown at that time (the last one whose
+    timestamp is not after it, so a long-held frame is repeated and a burst is thinned),
+    allowing just under half a period of jitter so rounded timestamps (millisecond time
+    bases) of a constant-rate video map one to one. The slot count keeps the duration.
+    """
+    if not len(timestamps):
+        return []
+    if fps <= 0:
+        raise ValueError(f"fps: must be > 0, got {fps}")
+    ts = torch.as_tensor(list(timestamps), dtype=torch.float64)
+    ts = torch.cummax(ts, 0).values                      # damaged streams may step back
+    count = max(1, round(float(ts[-1] - ts[0]) * fps) + 1)
+    slots = ts[0] + torch.arange(count, dtype=torch.float64) / fps
+    idx = torch.searchsorted(ts, slots + 0.499 / fps, right=True) - 1
+    return idx.clamp(0, len(ts) - 1).tolist()
+
+
+def constant_rate_indices(reader, warn: RepairCounter) -> tuple[list[int], float]:
+    """(indices to read, their constant rate): variable-rate input resampled by timestamp.
+
+    A constant-rate video reads every frame at its own fps. When frame intervals vary (more
+    than 1.5x between the shortest and the longest), the video is resampled to its typical
+    (median) interval, so a frame held for longer is repeated for as long as it was shown.
+    """
+    timestamps = getattr(reader, "timestamps", None)
+    everything = list(range(len(reader)))
+    if timestamps is None or len(timestamps) != len(reader) or len(reader) < 3:
+        return everything, reader.fps
+    steps = torch.as_tensor(timestamps, dtype=torch.float64).diff()
+    steps = steps[steps > 0]
+    if not len(steps) or float(steps.max()) <= 1.5 * float(steps.min()):
+        return everything, reader.fps
+    rate = 1.0 / float(steps.median())
+    indices = cfr_indices(timestamps, rate)
+    warn(f"variable frame rate: resampled {len(reader)} frames to {len(indices)} at "
+         f"{rate:g} fps by timestamp")
+    return indices, rate
+
+
+def read_repaired(reader, indices: Sequence[int], warn: RepairCounter,
+                  chunk: int = 16) -> Iterator[Tensor]:
+    """Stream uint8 (H, W, 3) frames; a damaged frame is replaced by the previous good one.
+
+    Decoders report damage as ``VideoReadError`` (a ``ValueError``) or as the errors of the
+    underlying library; a failing chunk is retried frame by frame to find the bad ones.
+    """
+    last: Tensor | None = None
+    for i in range(0, len(indices), chunk):
+        part = list(indices[i:i + chunk])
+        try:
+            frames = list(reader.read(part))
+        except (RuntimeError, OSError, ValueError):
+            frames = []
+            for j in part:
+                try:
+                    frames.append(reader.read([j])[0])
+                except (RuntimeError, OSError, ValueError):
+                    frames.append(None)
+        for j, frame in zip(part, frames):
+            if frame is None:
+                if last is None:
+                    warn(f"frame {j}: unreadable and no earlier frame to repeat; skipped")
+                    continue
+                warn(f"frame {j}: unreadable; repeated the previous frame")
+                frame = last
+            last = frame
+            yield torch.as_tensor(frame)
+
+
+def with_progress(frames: Iterable[Tensor], total: int, desc: str) -> Iterator[Tensor]:
+    """Pass frames through a progress bar on stderr (hidden when stderr is not a terminal)."""
+    bar = tqdm(frames, total=total, desc=desc, unit="frame", dynamic_ncols=True,
+               disable=None, file=sys.stderr)
+    yield from bar
+    bar.close()
+
+
+def write_counted(frames: Iterable[Tensor], output: str | os.PathLike, fps: float,
+                  audio_from: str | os.PathLike | None) -> int:
+    """Write through the atomic writer, counting frames; nothing is left on failure."""
+    count = 0
+
+    def counted() -> Iterator[Tensor]:
+        nonlocal count
+        for frame in frames:
+            count += 1
+            yield frame
+
+    write_video(counted(), str(output), fps, audio_from=audio_from)
+    return count
+
+
+def read_image(path: str | os.PathLike) -> Tensor:
+    """One image as uint8 (H, W, 3) RGB, or a ``ValueError`` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image: {path} does not exist or is not a file")
+    try:
+        with Image.open(path) as img:
+            array = torch.frombuffer(bytearray(img.convert("RGB").tobytes()), dtype=torch.uint8)
+            w, h = img.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"image: cannot read {path}: {err}") from err
+    if min(h, w) < MIN_SIZE:
+        raise ValueError(f"image: {path} is {h}x{w}; need at least {MIN_SIZE}x{MIN_SIZE}")
+    return array.view(h, w, 3)
