@@ -23,6 +23,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from tcvbm.atomic import AtomicPath
+
 __all__ = ["Config", "load_config", "parse_overrides", "config_to_yaml", "save_config",
            "resolve_config_path", "shipped_config_dir", "CONFIG_DIR"]
 
@@ -58,13 +60,15 @@ PRECISIONS = ("no", "bf16")
 class DataSection:
     """Where the clean clips come from and their shape."""
 
+    # a folder of videos, or a UCF-101 / Vimeo-90K / REDS / DAVIS / image folder
     root: str = "data/samples"
     layout: str = "auto"
     num_frames: int = 9
     size: List[int] = field(default_factory=lambda: [64, 64])
     stride: int = 1
     split: str = "train"
-    # extra keyword arguments for tcvbm.data.build_dataset (layout specific)
+    # extra keyword arguments for tcvbm.data.build_dataset (layout specific):
+    # clips_per_video, fps, hflip, cache_frames, ...
     options: Dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
 
@@ -73,7 +77,8 @@ class DataSection:
 class TaskSection:
     """The degradation that turns a clean clip into its source (tcvbm.tasks.get_task)."""
 
-    name: str = "interp"
+    name: str = "interp"  # interp | i2v | vsr | image-sr | image-blur | image-noise
+    # e.g. {factor: 2, mode: blend|nearest|flow} for interp, {scale: 4} for vsr
     params: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,17 +86,19 @@ class TaskSection:
 class BridgeSection:
     """The bridge prior (tcvbm.bridges.Bridge); ``params`` are the prior's own knobs."""
 
-    prior: str = "ar1"
+    prior: str = "ar1"  # ar1 | laplacian | brownian (plain bridge matching)
     eps: float = 0.25
-    center: str = "source"
-    params: Dict[str, Any] = field(default_factory=dict)
+    center: str = "source"  # source: the prior reverts to the source clip; zero: to grey
+    params: Dict[str, Any] = field(default_factory=dict)  # ar1 defaults: {rho: 0.9, strength: 8.0}
 
 
 @dataclass
 class ModelSection:
     """The backbone: a registry name, a YAML file or a saved directory, plus overrides."""
 
+    # unet-tiny|small|base, dit-tiny|small|base, a YAML file or a saved directory
     name: str = "unet-tiny"
+    # constructor overrides, e.g. {conditional: false, base_channels: 16}
     params: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,12 +106,12 @@ class ModelSection:
 class LossSection:
     """How t is drawn and weighted in the bridge-matching (and fake) loss."""
 
-    t_sampling: str = "uniform"
+    t_sampling: str = "uniform"  # one of T_SAMPLINGS
     t_min: float = 1e-3
     t_max: float = 0.999
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    weighting: str = "none"
+    weighting: str = "none"  # one of WEIGHTINGS: lambda(t), shared by every loss of the run
     snr_gamma: float = 5.0  # min-snr: weight = min((1 - t) / t, gamma) / gamma
     sigmoid_bias: float = 0.0  # sigmoid: weight = sigmoid(bias - logit(t))
     t_buckets: int = 4  # the loss is also logged per equal-width t bucket
@@ -127,9 +134,10 @@ class TrainSection:
     """The loop: steps, batch, precision, EMA, checkpoints, failure handling, logging."""
 
     max_steps: int = 1000
-    batch_size: int = 4  # per process and micro-batch
+    # per process and micro-batch: global batch = batch_size * processes * grad_accum
+    batch_size: int = 4
     grad_accum: int = 1
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # one of PRECISIONS
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay ramps as 1 - (1 + step)^-ema_power, capped at ema_decay
     ema_power: float = 0.6667
@@ -138,7 +146,8 @@ class TrainSection:
     max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
     log_every: int = 10
     gradient_checkpointing: bool = False
-    fsdp: bool = False  # shard models, optimizers and EMA across processes (FSDP2)
+    # shard models, optimizers and EMA across processes (FSDP2; multi-process only)
+    fsdp: bool = False
     progress: bool = True
 
 
@@ -147,11 +156,12 @@ class EvalSection:
     """Periodic evaluation on held-out clips: videos, a grid picture and metrics."""
 
     every: int = 500  # 0 disables periodic evaluation (the final one still runs if num_clips > 0)
-    root: Optional[str] = None  # held-out data; None: data.root with split below
+    # held-out data; None: data.root (its `split` subfolder when there is one)
+    root: Optional[str] = None
     split: str = "val"
     num_clips: int = 2
     steps: int = 4  # sampler steps, also stored in the exported model as its default
-    sampler: str = "stochastic"
+    sampler: str = "stochastic"  # stochastic | deterministic | posterior-mean
     fps: float = 8.0
 
 
@@ -321,8 +331,6 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(config_to_yaml(cfg))
-    tmp.replace(path)
+    """Write the resolved config atomically: a resumed run reads it back whole or not at all."""
+    with AtomicPath(path) as staged:
+        staged.write_text(config_to_yaml(cfg))

@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tcvbm.atomic import AtomicPath  # noqa: E402
 from tcvbm.bridges import Bridge  # noqa: E402
 from tcvbm.data.video import VideoReader  # noqa: E402
-from tcvbm.data.visual import from_uint8, to_uint8  # noqa: E402
+from tcvbm.data.visual import frame_grid, from_uint8, to_uint8  # noqa: E402
 from tcvbm.tasks import get_task  # noqa: E402
 
 TIMES = (1.0, 0.75, 0.5, 0.25, 0.0)
@@ -36,15 +37,6 @@ def _states(bridge: Bridge, x0: torch.Tensor, x1: torch.Tensor, noise: torch.Ten
             xt = bridge.sample(x0, x1, torch.tensor([t]), noise=noise)
         rows.append(to_uint8(xt[0]).numpy())
     return np.stack(rows)
-
-
-def _grid(rows: np.ndarray, pad: int = 2) -> np.ndarray:
-    r, n, h, w, _ = rows.shape
-    out = np.full((r * (h + pad) - pad, n * (w + pad) - pad, 3), 255, np.uint8)
-    for i in range(r):
-        for j in range(n):
-            out[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = rows[i, j]
-    return out
 
 
 def bridge_demo(input: str | os.PathLike, output_dir: str | os.PathLike, num_frames: int = 9,
@@ -68,7 +60,7 @@ def bridge_demo(input: str | os.PathLike, output_dir: str | os.PathLike, num_fra
     grid = fig.add_gridspec(3, 1, height_ratios=[5, 5, 3])
     for k, (label, bridge) in enumerate(bridges.items()):
         ax = fig.add_subplot(grid[k])
-        image = _grid(_states(bridge, x0, x1, noise))
+        image = frame_grid(_states(bridge, x0, x1, noise))
         ax.imshow(image)
         h = image.shape[0] / len(TIMES)
         ax.set_yticks([h * (i + 0.5) for i in range(len(TIMES))],
@@ -93,11 +85,10 @@ def bridge_demo(input: str | os.PathLike, output_dir: str | os.PathLike, num_fra
     ax.grid(alpha=0.3)
     fig.suptitle(f"{input.name}: bridge states between the x{factor} interpolation source "
                  "(t = 1) and the clip (t = 0), same noise for both priors")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "bridges.png"
-    tmp = out / ".bridges.png.tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    path = Path(output_dir) / "bridges.png"
+    try:
+        with AtomicPath(path) as staged:
+            fig.savefig(staged, dpi=90)
+    finally:
+        plt.close(fig)
     return path

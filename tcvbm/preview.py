@@ -14,19 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
+from tcvbm.atomic import AtomicPath  # noqa: E402
 from tcvbm.data.video import VideoReader  # noqa: E402
-from tcvbm.data.visual import from_uint8, to_uint8  # noqa: E402
+from tcvbm.data.visual import frame_grid, from_uint8, to_uint8  # noqa: E402
 from tcvbm.tasks import get_task  # noqa: E402
-
-
-def _row(frames: np.ndarray, pad: int = 2) -> np.ndarray:
-    n, h, w, _ = frames.shape
-    out = np.full((h, n * (w + pad) - pad, 3), 255, np.uint8)
-    for j in range(n):
-        out[:, j * (w + pad): j * (w + pad) + w] = frames[j]
-    return out
 
 
 def interpolation_preview(input: str | os.PathLike, output: str | os.PathLike,
@@ -50,7 +42,7 @@ def interpolation_preview(input: str | os.PathLike, output: str | os.PathLike,
                              constrained_layout=True)
     for ax, frames, label in [(axes[0], blend.numpy(), "linear blending"),
                               (axes[1], made.numpy(), f"{Path(output).name}")]:
-        ax.imshow(_row(frames))
+        ax.imshow(frame_grid(frames[None]))
         ax.set_yticks([])
         ax.set_xticks([(w + 2) * (j + 0.5) for j in range(len(frames))],
                       [f"{first + j}{'*' if j % factor == 0 else ''}" for j in range(len(frames))])
@@ -58,10 +50,9 @@ def interpolation_preview(input: str | os.PathLike, output: str | os.PathLike,
     axes[1].set_xlabel("output frame (* input frame, kept exactly)")
     fig.suptitle(f"{Path(input).name}: x{factor} interpolation, input frames {start}-"
                  f"{start + keyframes - 1}", fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with AtomicPath(path) as staged:
+            fig.savefig(staged, dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tcvbm.config import CONFIG_DIR, Config, config_to_yaml, load_config
+from tcvbm.config import CONFIG_DIR, Config, config_to_yaml, load_config, save_config
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 
@@ -93,3 +94,31 @@ def test_inheritance_loop_and_missing_files(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_config(write(tmp_path / "broken.yaml", "train: [1, 2\n"))
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys a YAML layer sets."""
+    flat: dict[str, object] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_base_restates_no_default() -> None:
+    """The dataclasses are the one source of defaults: base.yaml sets only other values."""
+    text = (CONFIG_DIR / "base.yaml").read_text()
+    defaults = flatten(yaml.safe_load(config_to_yaml(Config())))
+    sets = flatten(yaml.safe_load(text) or {})
+    restated = {k: v for k, v in sets.items() if defaults.get(k) == v}
+    assert not restated, f"configs/base.yaml restates defaults of tcvbm/config.py: {restated}"
+
+
+def test_saved_config_loads_back_and_leaves_no_staging_file(tmp_path: Path) -> None:
+    cfg = load_config("interp-tiny", ["train.max_steps=7"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    save_config(cfg, tmp_path / "run" / "config.yaml")  # over an existing one
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]

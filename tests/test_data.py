@@ -32,6 +32,7 @@ from tcvbm.data import (
     write_video,
 )
 from tcvbm.data.datasets import worker_options
+from tcvbm.data.visual import frame_grid
 from tcvbm.data import writer as writer_module
 from tcvbm.data.video import decord
 
@@ -516,3 +517,31 @@ def test_uint8_conversions_and_pictures(tmp_path):
     assert Image.open(gif).n_frames == 4
     with pytest.raises(ValueError):
         to_uint8(torch.zeros(2, 4, 8, 8))
+
+
+def test_frame_grid_places_every_frame_between_white_gaps():
+    frames = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3, 1, 1, 1) * 10 + 1
+    frames = np.broadcast_to(frames, (2, 3, 4, 5, 3))
+    grid = frame_grid(frames, pad=2, margin=1)
+    assert grid.shape == (1 + 2 * 6 - 2 + 1, 1 + 3 * 7 - 2 + 1, 3)
+    for r in range(2):
+        for c in range(3):
+            y, x = 1 + r * 6, 1 + c * 7
+            assert (grid[y : y + 4, x : x + 5] == frames[r, c]).all()
+    covered = np.zeros(grid.shape[:2], bool)
+    for r in range(2):
+        for c in range(3):
+            covered[1 + r * 6 : 5 + r * 6, 1 + c * 7 : 6 + c * 7] = True
+    assert (grid[~covered] == 255).all()
+    with pytest.raises(ValueError, match="rows, cols"):
+        frame_grid(frames[0])
+
+
+def test_pictures_are_frame_grids_written_atomically(tmp_path):
+    clips = torch.from_numpy(synthetic_frames(6, 8, 10)).reshape(2, 3, 8, 10, 3)
+    png = data.save_grid_png(clips, tmp_path / "g.png", pad=3)
+    assert (np.asarray(Image.open(png).convert("RGB")) == frame_grid(clips.numpy(), 3, 3)).all()
+    gif = Image.open(data.save_gif(clips, tmp_path / "a.gif", pad=1))
+    gif.seek(2)
+    assert gif.size == frame_grid(clips.numpy()[None, :, 2], 1).shape[1::-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "g.png"]

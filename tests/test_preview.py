@@ -52,6 +52,7 @@ def test_preview_rows_line_up(tmp_path) -> None:
     np.testing.assert_allclose(top, blend, atol=8)
     np.testing.assert_allclose(bottom, made[2:7], atol=8)
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4", "p.png"]
 
 
 def test_preview_of_a_missing_output_names_it(tmp_path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -19,10 +20,11 @@ from conftest import REPO_ROOT
 from tcvbm.models import create
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+STUDIES = REPO_ROOT / "docs" / "results"  # each study's run.sh beside what it produced
 
 
-def load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+def load_tool(name: str, folder: Path = REPO_ROOT / "tools") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -73,3 +75,28 @@ def test_bench_inference_times_the_shipped_models(capsys) -> None:
     assert [name for name, _ in rows] == ["default-interp", "default-interp-student"]
     assert all(float(fps) > 0 for _, fps in rows)
     assert torch.is_grad_enabled()  # the tool leaves no global state behind for the caller
+
+
+def test_study_scripts_in_the_docs_exist_and_parse() -> None:
+    """Every `bash SCRIPT` the docs give names a script that bash can parse, and every study
+    script is one the docs give (run from the repository root, as written there)."""
+    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    named = {m for doc in docs for m in re.findall(r"\bbash (\S+\.sh)\b", doc.read_text())}
+    scripts = {p.relative_to(REPO_ROOT).as_posix() for p in STUDIES.glob("*/run.sh")}
+    assert scripts and scripts <= named, f"study scripts the docs do not give: {scripts - named}"
+    for script in sorted(named):
+        assert (REPO_ROOT / script).is_file(), f"the docs give {script}, which does not exist"
+        subprocess.run(["bash", "-n", str(REPO_ROOT / script)], check=True)
+
+
+def test_speed_study_training_table_leaves_out_the_first_window(tmp_path: Path) -> None:
+    for workers, clips in ((0, 2.0), (2, 4.0)):
+        run = tmp_path / f"train-workers{workers}"
+        run.mkdir()
+        perf = [(10, 99.0, 0.9, 9.0), (20, clips, 0.1, 1.0), (30, clips + 1, 0.2, 2.0)]
+        logs = [{"step": 12, "loss/model": 0.5}] + [
+            {"step": s, "perf/clips_per_s": c, "perf/data_wait": w, "perf/step_s": t}
+            for s, c, w, t in perf]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    table = load_tool("training_table", STUDIES / "speed-cpu").table(tmp_path, [0, 2])
+    assert table.splitlines()[2:] == ["| 0 | 2.50 | 15.0% | 1.50 |", "| 2 | 4.50 | 15.0% | 1.50 |"]

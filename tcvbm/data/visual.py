@@ -8,14 +8,15 @@ and writers take. The two conversions are exact inverses on uint8 values.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["to_uint8", "from_uint8", "save_grid_png", "save_gif"]
+from tcvbm.atomic import AtomicPath
+
+__all__ = ["to_uint8", "from_uint8", "frame_grid", "save_grid_png", "save_gif"]
 
 
 def to_uint8(clip: torch.Tensor) -> torch.Tensor:
@@ -59,19 +60,31 @@ def _as_pixels(clips) -> np.ndarray:
     return pixels.numpy()
 
 
-def _save_atomic(image: Image.Image, path: str | os.PathLike, **kwargs) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    stem, ext = os.path.splitext(os.path.basename(path))
-    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext}")
-    try:
-        image.save(tmp, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+def _save_image(image: Image.Image, path: str | os.PathLike, **kwargs) -> str:
+    """Save atomically (PIL picks the format by the suffix, which the staging name keeps)."""
+    with AtomicPath(path) as staged:
+        image.save(staged, **kwargs)
+    return os.fspath(path)
+
+
+def frame_grid(frames: np.ndarray, pad: int = 2, margin: int = 0) -> np.ndarray:
+    """uint8 ``(rows, cols, H, W, 3)`` -> one uint8 picture ``(height, width, 3)``.
+
+    Frames are laid out row by row, ``pad`` white pixels between neighbours and ``margin``
+    around the whole; every picture of clips (grids, GIF frames, previews) is made here so
+    they all line frames up the same way.
+    """
+    if frames.ndim != 5 or frames.dtype != np.uint8 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (rows, cols, H, W, 3), got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+    rows, cols, h, w, _ = frames.shape
+    grid = np.full((rows * (h + pad) - pad + 2 * margin, cols * (w + pad) - pad + 2 * margin, 3),
+                   255, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            y, x = margin + r * (h + pad), margin + c * (w + pad)
+            grid[y : y + h, x : x + w] = frames[r, c]
+    return grid
 
 
 def save_grid_png(
@@ -85,24 +98,14 @@ def save_grid_png(
     pixels = _as_pixels(clips)
     if max_frames is not None:
         pixels = pixels[:, :max_frames]
-    rows, n, h, w, _ = pixels.shape
-    grid = np.full((rows * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
-    for r in range(rows):
-        for c in range(n):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            grid[y : y + h, x : x + w] = pixels[r, c]
-    return _save_atomic(Image.fromarray(grid), path)
+    return _save_image(Image.fromarray(frame_grid(pixels, pad, margin=pad)), path)
 
 
 def save_gif(clips: torch.Tensor | np.ndarray | Sequence, path: str | os.PathLike, fps: float = 8.0, pad: int = 2) -> str:
     """An animated GIF; several clips play side by side. Same inputs as :func:`save_grid_png`."""
     pixels = _as_pixels(clips)
-    rows, n, h, w, _ = pixels.shape
-    frames = []
-    for t in range(n):
-        canvas = np.full((h, rows * (w + pad) - pad, 3), 255, np.uint8)
-        for r in range(rows):
-            canvas[:, r * (w + pad) : r * (w + pad) + w] = pixels[r, t]
-        frames.append(Image.fromarray(canvas))
+    # frame t of the animation: frame t of every clip, side by side
+    frames = [Image.fromarray(frame_grid(pixels[None, :, t], pad)) for t in range(pixels.shape[1])]
     duration = max(20, round(1000 / fps))
-    return _save_atomic(frames[0], path, save_all=True, append_images=frames[1:], duration=duration, loop=0)
+    return _save_image(frames[0], path, save_all=True, append_images=frames[1:], duration=duration,
+                       loop=0)

@@ -1,8 +1,8 @@
 """Writing videos: streaming, atomic, keeping the audio of the source.
 
-Outputs are written to a hidden temporary file next to the target and moved into
-place by ``os.replace`` only when the encoder has been flushed, so a crash or an
-exception never leaves a half-written video under the requested name. Frames can
+Outputs are written to a hidden staging file next to the target and moved into
+place (``tcvbm.atomic.AtomicPath``) only when the encoder has been flushed, so a crash
+or an exception never leaves a half-written video under the requested name. Frames can
 arrive in pieces (the inference pipeline streams windows of any-length videos),
 and the audio of ``audio_from`` is copied packet by packet while the video
 advances, re-encoded to AAC only when the target container cannot hold it.
@@ -11,7 +11,6 @@ advances, re-encoded to AAC only when the target container cannot hold it.
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -20,6 +19,7 @@ import av
 import numpy as np
 import torch
 
+from tcvbm.atomic import AtomicPath
 from tcvbm.data.errors import VideoReadError
 
 __all__ = ["VideoWriter", "write_video", "DEFAULT_GOP", "fps_fraction"]
@@ -108,11 +108,9 @@ class VideoWriter:
         self.codec = _pick_encoder(codec)
         self.crf, self.gop = crf, gop
         self.audio_from = None if audio_from is None else os.fspath(audio_from)
-        folder, name = os.path.split(os.path.abspath(self.path))
-        stem, ext = os.path.splitext(name)
-        self._ext = ext.lower() or ".mp4"
-        os.makedirs(folder, exist_ok=True)
-        self._tmp = os.path.join(folder, f".{stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{self._ext}")
+        self._ext = os.path.splitext(self.path)[1].lower() or ".mp4"
+        # FFmpeg picks the container by the staged name's extension, hence suffix=
+        self._atomic = AtomicPath(self.path, suffix=self._ext)
         self._out = None
         self._video = None
         self._audio: _AudioCopier | None = None
@@ -122,7 +120,7 @@ class VideoWriter:
 
     def _start(self, height: int, width: int) -> None:
         try:
-            self._out = av.open(self._tmp, "w")
+            self._out = av.open(str(self._atomic.staged), "w")
         except av.error.FFmpegError as e:
             raise ValueError(f"cannot write video {self.path!r}: {e}") from e
         stream = self._out.add_stream(self.codec, rate=self.fps)
@@ -171,7 +169,7 @@ class VideoWriter:
                 self._audio.copy_until(self.frames_written / self.fps, final=True)
             self._out.close()
             self._out = None
-            os.replace(self._tmp, self.path)
+            self._atomic.commit()
         except BaseException:
             self.abort()
             raise
@@ -188,8 +186,7 @@ class VideoWriter:
             except Exception:  # already failing: cleaning up must not mask the cause
                 pass
         self._audio = self._out = None
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        self._atomic.discard()
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -2,7 +2,8 @@
 # TCVBM (ar1) against BM (brownian) for one more task at CPU scale (docs/results.md):
 # the same config, seed and steps, only the prior differs; both evaluated on the held-out
 # carphone clip with the task's baselines.
-#   bash tools/compare_tasks_cpu.sh vsr|i2v [OUT_DIR]   (default runs/tasks; 27 min on one core)
+# From the repository root:
+#   bash docs/results/tasks-cpu/run.sh vsr|i2v [OUT_DIR]   (default runs/tasks; 27 min on one core)
 set -euo pipefail
 task=$1
 out=${2:-runs/tasks}

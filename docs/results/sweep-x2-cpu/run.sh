@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The CPU version of the interpolation study in docs/results.md ("Prior sweep" and "x4"):
 # short runs (300 steps) of the study recipe (configs/interp-study-cpu.yaml) that differ in one bridge setting
-# each, then `tcvbm eval` of every run on the held-out carphone clip, then one table.
-# Runs one job at a time on one thread, so the second core stays free.
-#   bash tools/sweep_interp_cpu.sh [OUT_DIR [RUN ...]]
+# each, then `tcvbm eval` of every run on the held-out carphone clip, then one table per
+# factor: this folder holds the x2 one, docs/results/sweep-x4-cpu/ the x4 one.
+# Runs one job at a time on one thread, so the second core stays free. From the repository root:
+#   bash docs/results/sweep-x2-cpu/run.sh [OUT_DIR [RUN ...]]
 # OUT_DIR defaults to runs/sweep; RUN names pick runs from the list below (default: all). The
 # tables cover every run of the list whose evaluation is in OUT_DIR, so runs started separately
 # (for instance two at a time, one per core) end up in one table. On one core here: 96 min for

@@ -3,8 +3,8 @@
 # (docs/results.md, "Distillation"): the 2- and 4-step students are the shipped student's
 # recipe (configs/default-interp-student.yaml) with distill.student_steps changed; the 1-step
 # student is the shipped one. All are scored with the teacher at 1, 10 and 50 steps and the
-# baselines on the held-out carphone clip at its own 176x144.
-#   bash tools/distill_steps_cpu.sh [TEACHER_RUN] [STUDENT_1_RUN] [OUT_DIR]
+# baselines on the held-out carphone clip at its own 176x144. From the repository root:
+#   bash docs/results/distill-cpu/run.sh [TEACHER_RUN] [STUDENT_1_RUN] [OUT_DIR]
 #   (defaults runs/default-interp, runs/default-interp-student, runs/distill-steps)
 set -euo pipefail
 teacher=${1:-runs/default-interp}

@@ -4,8 +4,8 @@
 # a CPU has no data-sheet peak), what a real
 # training run of the shipped recipe consumes against what its loader delivers (0, 1, 2
 # workers), and the shipped models at 1080p. Run it on an otherwise idle machine: every figure
-# is a timing.
-#   bash tools/speed_cpu.sh [OUT_DIR]    (default runs/speed-cpu)
+# is a timing. From the repository root:
+#   bash docs/results/speed-cpu/run.sh [OUT_DIR]    (default runs/speed-cpu)
 set -euo pipefail
 out=${1:-runs/speed-cpu}
 mkdir -p "$out"
@@ -29,23 +29,13 @@ python -u tools/bench_models.py "${models[@]}" --configs unet-small,dit-small --
 # Training consumption against loader delivery: the shipped teacher's recipe, 40 steps, logged
 # every 10 (perf/clips_per_s and perf/data_wait in metrics.jsonl; the first window includes
 # start-up and is left out of the summary).
-for workers in 0 1 2; do
+loader_workers=(0 1 2)
+for workers in "${loader_workers[@]}"; do
   rm -rf "$out/train-workers$workers"
   tcvbm train configs/default-interp.yaml output_dir="$out/train-workers$workers" data.num_workers=$workers \
       train.max_steps=40 train.log_every=10 train.checkpoint_every=1000 eval.num_clips=0 train.progress=false
 done
-python - "$out" <<'EOF' | tee "$out/training.md"
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-print("| data.num_workers | clips/s consumed | data wait | seconds per step |")
-print("|---|---|---|---|")
-for w in (0, 1, 2):
-    rows = [json.loads(l) for l in (out / f"train-workers{w}" / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "perf/clips_per_s" in r and r["step"] > 10]
-    mean = lambda k: sum(r[k] for r in rows) / len(rows)
-    print(f"| {w} | {mean('perf/clips_per_s'):.2f} | {mean('perf/data_wait'):.1%} | {mean('perf/step_s'):.2f} |")
-EOF
+python "$(dirname "$0")/training_table.py" "$out" "${loader_workers[@]}" | tee "$out/training.md"
 
 # The shipped models at 1080p (x2, frames cut into 512 px tiles), 1 step each.
 python -u tools/bench_inference.py --teacher-steps 1 --student-steps 1 --sizes 1920x1080 --frames 4 \
