@@ -23,7 +23,8 @@ def test_fetched_clips_match_the_list_and_sit_in_their_split(tmp_path) -> None:
     for name, clip in listing.items():
         info = manifest[name]
         assert (info["split"], info["sha256"]) == (clip["split"], clip["sha256"])
-        assert fetch_sample_clips._sha256(tmp_path / info["split"] / info["file"]) == clip["sha256"]
+        linked = tmp_path / info["split"] / info["file"]
+        assert fetch_sample_clips.sha256_file(linked) == clip["sha256"]
     assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["carphone.mp4"]
 
 
