@@ -9,7 +9,7 @@ applied with one batched matmul over the frame axis. ``A = 0`` (the "brownian" p
 plain bridge matching) is the exact limit of the same code: the weights below are written
 through ``phi(x) = (1 - exp(-2x)) / (2x)``, which is smooth at ``x = 0`` where it equals 1.
 
-All formulas follow ``shared/docs/tcvbm-math.md``: with ``a = |lam| t``, ``c = |lam| (1 - t)``
+All formulas follow ``docs/math.md``: with ``a = |lam| t``, ``c = |lam| (1 - t)``
 
     w_start = exp(-a) (1 - t) phi(c) / phi(|lam|)
     w_end   = exp(-c) t       phi(a) / phi(|lam|)
