@@ -10,13 +10,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import IterableDataset
 
 from tcvbm.bridges import Bridge
 from tcvbm.config import Config, load_config
+from tcvbm.data import VideoFolder
 from tcvbm.models import create, load_pretrained
 from tcvbm.runs import load_bundle
 from tcvbm.tasks import get_task
@@ -155,22 +158,26 @@ def test_train_entry_point_on_video_files(tmp_path: Path, make_clip, capsys) -> 
 
 
 TWO_PROCESS_SCRIPT = """
-import json, sys
+import sys
 import torch
 sys.path.insert(0, {tests!r})
-from test_train import Clips, bridge_matching, tiny_cfg
+import test_train as t
 from tcvbm.train.loop import fit
 torch.set_num_threads(1)
-cfg = tiny_cfg({out!r}, {steps}, batch_size=2, fsdp={fsdp})
-fit(bridge_matching(), Clips(8), cfg)
+cfg = t.tiny_cfg({out!r}, {steps}, batch_size=2, fsdp={fsdp})
+fit(t.bridge_matching(), {data}, cfg)
 """
 
 
-def run_two_processes(tmp_path: Path, out: Path, steps: int, fsdp: bool) -> None:
-    """Train ``out`` for ``steps`` steps with 2 CPU processes (global batch 4)."""
+def run_two_processes(tmp_path: Path, out: Path, steps: int, fsdp: bool = False,
+                      data: str = "t.Clips(8)") -> None:
+    """Train ``out`` for ``steps`` steps with 2 CPU processes (global batch 4).
+
+    ``data``: the training set, a Python expression over this module imported as ``t``.
+    """
     script = tmp_path / "two.py"
     script.write_text(textwrap.dedent(TWO_PROCESS_SCRIPT.format(
-        tests=str(Path(__file__).parent), out=str(out), steps=steps, fsdp=fsdp)))
+        tests=str(Path(__file__).parent), out=str(out), steps=steps, fsdp=fsdp, data=data)))
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(script)],
@@ -199,6 +206,73 @@ def test_two_processes_match_one_at_same_global_batch(tmp_path: Path) -> None:
     one = fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
     run_two_processes(tmp_path, tmp_path / "two", 5, fsdp=False)
     assert_same_run(tmp_path / "one", tmp_path / "two", one.losses)
+
+
+def video_folder(root: str | Path) -> VideoFolder:
+    """The videos under ``root`` as training clips: shuffled, two random crops a video."""
+    return VideoFolder(root, FRAMES, SIZE, clips_per_video=2,
+                       cache_dir=Path(root).parent / "cache")
+
+
+class ShardsInterleaved(IterableDataset):
+    """The clips ``world`` processes train on, each reading its own shard of ``dataset``, as
+    one stream in global-batch order.
+
+    At every step process ``r`` takes the next ``batch`` clips of its shard and puts them in
+    slots ``[r batch, (r + 1) batch)`` of the global batch; a shard's clips that do not fill
+    a batch are dropped and the next epoch starts. Every shard must hold the same number of
+    batches, or the processes would leave an epoch at different steps.
+    """
+
+    def __init__(self, dataset: VideoFolder, world: int, batch: int) -> None:
+        self.dataset, self.world, self.batch, self.epoch = dataset, world, batch, 0
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        if (rank, world_size) != (0, 1):
+            raise ValueError("ShardsInterleaved stands for all the processes: read it in one")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        shards = []
+        for rank in range(self.world):
+            self.dataset.set_shard(rank, self.world)
+            self.dataset.set_epoch(self.epoch)
+            clips = list(self.dataset)
+            shards.append(clips[: len(clips) // self.batch * self.batch])
+        if len({len(clips) for clips in shards}) != 1:
+            raise ValueError(f"shards of {[len(c) for c in shards]} clips: not the same batches")
+        for first in range(0, len(shards[0]), self.batch):
+            for clips in shards:
+                yield from clips[first: first + self.batch]
+
+
+@needs_torchrun
+def test_two_processes_reading_their_own_videos_match_one(tmp_path: Path, make_clip) -> None:
+    """A VideoFolder shards itself: each of 2 processes streams its own videos (shuffled, two
+    clips a video, over three epochs), and the run stops after step 3 and resumes from the
+    data positions the processes saved. Losses and exported EMA model equal 1 process's on
+    the clips in the order the 2 processes fill the global batch. (1 process over the folder
+    itself trains on other clips at each step: the global batch depends on the process count.)
+    """
+    root = tmp_path / "videos"
+    for i in range(4):
+        make_clip(root / f"v{i}.mp4", n=9, h=16, w=16, seed=i)
+    interleaved = ShardsInterleaved(video_folder(root), world=2, batch=2)
+    clip_bytes = lambda clips: sorted(clip.numpy().tobytes() for clip in clips)  # noqa: E731
+    assert clip_bytes(interleaved) == clip_bytes(video_folder(root))  # an epoch: the same clips
+    one = fit(bridge_matching(), interleaved, tiny_cfg(tmp_path / "one", 5, batch_size=4))
+    data = f"t.video_folder({str(root)!r})"
+    run_two_processes(tmp_path, tmp_path / "two", 3, data=data)
+    run_two_processes(tmp_path, tmp_path / "two", 5, data=data)
+    assert_same_run(tmp_path / "one", tmp_path / "two", one.losses)
+    saved = tmp_path / "two" / "checkpoints" / "checkpoint-5"
+    states = [json.loads((saved / f"data_state_{r}.json").read_text()) for r in range(2)]
+    assert states == [{"epoch": 2, "batches": 1}] * 2  # step 5 took the first batch of epoch 2
 
 
 @needs_torchrun

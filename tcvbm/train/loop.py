@@ -45,7 +45,7 @@ from tcvbm.runs import (InferenceBundle, checkpoint_step, checkpoints_dir, lates
 from tcvbm.samplers import get_sampler, get_timesteps
 from tcvbm.tasks import Task
 from tcvbm.train import sharding
-from tcvbm.train.objectives import LossOutput, SampleRandom
+from tcvbm.train.objectives import LossOutput, SampleRandom, frozen
 
 __all__ = ["fit", "FitResult", "StepBatches", "TrainingDiverged", "TrainerState",
            "evaluate_clips", "resolve_resume"]
@@ -67,6 +67,8 @@ class Objective(Protocol):
     def phase(self, step: int) -> str: ...
     def updates(self, phase: str, max_steps: int) -> int: ...
     def to(self, device: torch.device | str) -> "Objective": ...
+    def enable_gradient_checkpointing(self) -> None: ...
+    def frozen_in(self, phase: str) -> tuple[str, ...]: ...
     def loss(self, phase: str, nets: dict[str, nn.Module], x0: Tensor,
              rng: SampleRandom) -> LossOutput: ...
 
@@ -186,6 +188,9 @@ class _ShardStream(_Slots):
     Each process reads its own share of the videos (``set_shard``); epochs follow each
     other (``set_epoch``). The position (epoch, batches taken in it) is saved per process
     with every checkpoint; resuming re-opens that epoch and skips the batches taken.
+    A step's global batch is every process's next ``batch_size`` clips of its own share, so
+    unlike :class:`StepBatches` it depends on the process count: an epoch holds the same
+    clips (up to the incomplete batches each process drops), but a step does not.
     """
 
     def __init__(self, dataset: Dataset, cfg: Config, world: int, rank: int,
@@ -416,8 +421,7 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
     names = list(objective.trainables)
     modules = [objective.trainables[n] for n in names]
     if tc.gradient_checkpointing:
-        for m in modules:
-            m.enable_gradient_checkpointing()
+        objective.enable_gradient_checkpointing()
     export_cls = type(objective.trainables[objective.export])  # before sharding renames it
     objective.to(device)
     if tc.fsdp:
@@ -540,20 +544,23 @@ def fit(objective: Objective, train_set: Dataset, cfg: Config, eval_set: Dataset
         net, opt = wrapped[phase], optim[phase]
         nets = {n: (wrapped[n] if n == phase else plain[n]) for n in names}
         per_all, t_all, finite = [], [], True
-        for micro in range(tc.grad_accum):
-            x0 = perf.next_batch(stream).to(device, non_blocking=True)
-            rng = SampleRandom(cfg.seed, state.step, stream.slots(micro), stream.group, device)
-            sync = micro == tc.grad_accum - 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(net)):
-                with accelerator.autocast():
-                    out = objective.loss(phase, nets, x0, rng)
-                per = accelerator.gather(out.per_sample.float().contiguous())
-                if not bool(torch.isfinite(per).all()):
-                    finite = False  # every process sees the same gathered values: all agree
-                    break
-                accelerator.backward(out.loss / tc.grad_accum)
-            per_all.append(per)
-            t_all.append(accelerator.gather(out.t.float().contiguous()))
+        # Networks the step runs with autograd but does not update stay frozen until its
+        # backward passes are done: checkpointed blocks are recomputed there.
+        with frozen(*(nets[n] for n in objective.frozen_in(phase))):
+            for micro in range(tc.grad_accum):
+                x0 = perf.next_batch(stream).to(device, non_blocking=True)
+                rng = SampleRandom(cfg.seed, state.step, stream.slots(micro), stream.group, device)
+                sync = micro == tc.grad_accum - 1
+                with (contextlib.nullcontext() if sync else accelerator.no_sync(net)):
+                    with accelerator.autocast():
+                        out = objective.loss(phase, nets, x0, rng)
+                    per = accelerator.gather(out.per_sample.float().contiguous())
+                    if not bool(torch.isfinite(per).all()):
+                        finite = False  # every process sees the same gathered values: all agree
+                        break
+                    accelerator.backward(out.loss / tc.grad_accum)
+                per_all.append(per)
+                t_all.append(accelerator.gather(out.t.float().contiguous()))
         logs: dict[str, float] = {}
         if finite:
             state.bad_in_row = 0

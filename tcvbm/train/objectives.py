@@ -3,7 +3,9 @@
 Both are written for the one loop in :mod:`tcvbm.train.loop`. An objective names the
 networks it trains (``trainables``), says which one a given step updates (``phase``), and
 turns a batch of clean clips into a scalar loss for that phase (``loss``). The loop owns
-everything else: optimizers, EMA, precision, checkpoints.
+everything else: optimizers, EMA, precision, checkpoints, and keeping the trainables an
+objective names in ``frozen_in(phase)`` :func:`frozen` through the step's forward *and*
+backward passes.
 
 Randomness comes from :class:`SampleRandom`: every sample of a step draws its time, noise
 and degradation from its own generator, seeded by (run seed, step, slot in the global
@@ -174,9 +176,10 @@ def generator_loss(teacher: nn.Module, fake: nn.Module, bridge: Bridge, x0_gen: 
                    target_scale: float = 1.0) -> Tensor:
     """lambda(t) (||T(X_t) - x0||^2 - ||F(X_t) - x0||^2) per sample, nothing detached.
 
-    ``teacher`` and ``fake`` must have frozen parameters (see :func:`frozen`) but are run
-    with autograd on, so the gradient reaches ``x0_gen`` both through the target and
-    through ``X_t``. The difference is taken in float32.
+    ``teacher`` and ``fake`` are run with autograd on, so the gradient reaches ``x0_gen``
+    both through the target and through ``X_t``; their parameters must be :func:`frozen`
+    until the backward pass of this loss is done, not only while it is computed. The
+    difference is taken in float32.
     """
     x_t = bridge.sample(x0_gen, x1, t, noise=noise)
     target = target_scale * x0_gen.float()
@@ -187,7 +190,14 @@ def generator_loss(teacher: nn.Module, fake: nn.Module, bridge: Bridge, x0_gen: 
 
 @contextlib.contextmanager
 def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Parameters without gradients for a while; inputs still carry them (never no_grad)."""
+    """Parameters without gradients for a while; inputs still carry them (never no_grad).
+
+    The scope must cover the backward pass too: activation checkpointing runs a network's
+    blocks again during the backward, and a block recomputed with trainable parameters
+    saves other tensors than its forward did. Torch then raises ``CheckpointError``; were
+    it allowed, the backward would write gradients into a network the step does not
+    update (and DDP or FSDP would reduce them across processes).
+    """
     saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
     for p, _ in saved:
         p.requires_grad_(False)
@@ -228,6 +238,14 @@ class BridgeMatching:
         """Networks that are not trained stay outside accelerate: none here."""
         return self
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the model's blocks in the backward pass instead of keeping them."""
+        self.model.enable_gradient_checkpointing()
+
+    def frozen_in(self, phase: str) -> tuple[str, ...]:
+        """No other network runs in a step."""
+        return ()
+
     def updates(self, phase: str, max_steps: int) -> int:
         """How many optimizer updates ``phase`` gets in a run of ``max_steps`` steps."""
         return max_steps
@@ -254,7 +272,9 @@ class InverseDistillation:
 
     Phases alternate ``fake_per_generator`` fake-model updates and one generator update.
     ``alpha, beta < 1`` add the real-data term: the fake model also regresses scaled clean
-    clips, and the generator's targets are scaled by ``beta / alpha``.
+    clips, and the generator's targets are scaled by ``beta / alpha``. In a generator step
+    the fake model runs with autograd through its input: the caller keeps it
+    :func:`frozen` until that step's backward is done (the loop does, see :meth:`frozen_in`).
     """
 
     kind = "generator"
@@ -289,6 +309,31 @@ class InverseDistillation:
         """The frozen teacher is not handed to accelerate: move it here."""
         self.teacher.to(device)
         return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint the fake model, the generator *and* the frozen teacher.
+
+        In the generator step the teacher runs on ``X_t``, which depends on the generator's
+        output, so autograd keeps the teacher's activations for the gradient with respect
+        to its input just as it keeps the fake model's: frozen parameters save only the
+        tensors needed for weight gradients. Checkpointing it saves that memory for the
+        price of one more teacher forward per generator step. A call whose input needs no
+        gradient (the student rollout, the generator in a fake step) keeps no activations,
+        and the models skip checkpointing under ``torch.no_grad``.
+        """
+        for network in (self.teacher, self.fake, self.generator):
+            network.enable_gradient_checkpointing()
+
+    def frozen_in(self, phase: str) -> tuple[str, ...]:
+        """The fake model in a generator step: it runs there with autograd through its input.
+
+        The generator is not frozen in a fake step: it runs under ``torch.no_grad`` there,
+        and freezing it would harm sharded training. FSDP2 keeps a root module's gathered
+        parameters after a forward with the ``requires_grad`` they had when gathered; with
+        no backward to release them, the next generator step would get no gradient for the
+        generator's root parameters.
+        """
+        return ("fake",) if phase == "generator" else ()
 
     def updates(self, phase: str, max_steps: int) -> int:
         gen = max_steps // (self.ratio + 1)
@@ -337,9 +382,8 @@ class InverseDistillation:
                 per = per + (1 - self.alpha) * real
                 extra["real"] = real.detach()
             return LossOutput(per.mean(), per.detach(), t.detach(), extra)
-        with frozen(nets["fake"]):
-            x0_gen = self.generate(nets["generator"], x1, rng)
-            t = self.times(rng)
-            per = generator_loss(self.teacher, nets["fake"], self.bridge, x0_gen, x1, t,
-                                 rng.randn_like(x0), self.weighting(t), scale)
+        x0_gen = self.generate(nets["generator"], x1, rng)
+        t = self.times(rng)
+        per = generator_loss(self.teacher, nets["fake"], self.bridge, x0_gen, x1, t,
+                             rng.randn_like(x0), self.weighting(t), scale)
         return LossOutput(per.mean(), per.detach(), t.detach())
