@@ -4,14 +4,16 @@ The reference for every frame is a sequential PyAV decode converted with
 ``frame.to_ndarray(format="rgb24")``: frame ``i`` is the ``i``-th frame that decode
 yields. Random access must give exactly those pixels, so
 
-* the PyAV backend maps frame indices to presentation timestamps from a demux
-  pass (packets only, no decoding), seeks to the keyframe at or before a wanted
-  frame and decodes forward, identifying frames by timestamp;
-* decord (much faster for random clips) is used only where it was checked to agree:
-  8-bit 4:2:0 streams whose frame count decord reports equal to the container's
-  (or to a demux count when the container does not say), with increasing
-  timestamps. Anything else (grayscale, palette, alpha, 10-bit, odd containers, files
-  decord cannot open) goes to PyAV.
+* the PyAV backend seeks to a keyframe at or before a wanted frame and decodes
+  forward, counting frames from that keyframe's picture (see
+  :mod:`tcvbm.data.frame_index` for how frames are numbered and keyframes found
+  again in containers whose timestamps mislead);
+* decord (much faster for random clips) is used only where its assumptions were
+  checked against that index: 8-bit 4:2:0 streams whose frames are their packets in
+  timestamp order, whose keyframes are shown in decode order, and whose demuxer
+  lands on a keyframe when asked for its time. Anything else (grayscale, palette,
+  alpha, 10-bit, open GOPs as in most AVI/mpeg4 with B-frames and mpeg2 in MPEG-PS/TS,
+  files decord cannot open) goes to PyAV, which is logged once at debug level.
 
 Resizing happens inside the pixel-format conversion (swscale for PyAV, decord's
 own scaler), which is much cheaper than converting at full size and resizing
@@ -20,18 +22,21 @@ afterwards; only native-size reads are frame-exact across backends.
 
 from __future__ import annotations
 
-import bisect
 import os
-import re
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 
 from tcvbm.data.errors import VideoReadError
+from tcvbm.data.frame_index import (
+    FrameIndex,
+    PyAVDecoder,
+    frame_index,
+    short_error,
+)
 
 try:  # decord is optional: PyAV reads everything it reads
     import decord
@@ -51,14 +56,12 @@ __all__ = [
 ]
 
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".ogv"}
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".ogv", ".gif"}
 )
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 
 # Pixel formats decord converts exactly like PyAV's rgb24 conversion (checked by the tests).
 _DECORD_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
-# swscale's area filter averages source pixels when shrinking: antialiased, and fast.
-_SCALE_INTERPOLATION = "AREA"
 
 Size = int | tuple[int, int]
 Box = tuple[int, int, int, int]
@@ -181,9 +184,11 @@ class _FrameSource:
 class VideoReader(_FrameSource):
     """Random access to the frames of one video file.
 
-    ``backend``: ``"auto"`` (decord where it is exact, else PyAV), ``"decord"`` or
-    ``"pyav"``. ``threads``: decoder threads (0 lets the decoder choose; data loader
-    workers usually want 1). ``backend`` tells which one was chosen.
+    ``backend``: ``"auto"`` (decord where it is exact, else PyAV), ``"decord"`` (the
+    same, but also in a process forked from one using decord, and decoding errors are
+    not retried with PyAV) or ``"pyav"``. ``threads``: decoder threads (0 lets the
+    decoder choose; data loader workers usually want 1). ``backend`` tells which one
+    was chosen.
 
     Handles are opened lazily and per process, so a reader can be built in the main
     process and used in forked or spawned data loader workers, and it is cheap to
@@ -196,36 +201,31 @@ class VideoReader(_FrameSource):
         self.path = os.fspath(path)
         self.threads = threads
         self._auto = backend == "auto"
-        self._pyav: _PyAVDecoder | None = None
+        self._pyav: PyAVDecoder | None = None
         self._decord: dict[tuple[int, int] | None, object] = {}
         self._pid = os.getpid()
         if not os.path.isfile(self.path):
             raise VideoReadError(self.path, "no such file")
         if os.path.getsize(self.path) == 0:
             raise VideoReadError(self.path, "file is empty (0 bytes)")
-        probe = _probe(self.path)
-        self._height, self._width = probe["height"], probe["width"]
-        self.pix_fmt: str = probe["pix_fmt"]
-        self.backend = "pyav"
-        if backend == "decord" or (backend == "auto" and _decord_usable() and self.pix_fmt in _DECORD_PIX_FMTS):
-            self.backend = self._try_decord(probe["frames"], strict=backend == "decord")
-        if self.backend == "pyav":
-            self._timestamps = self._pyav_decoder().timestamps
-        self.fps: float = probe["fps"] or _fps_from_timestamps(self._timestamps)
+        self._index: FrameIndex = frame_index(self.path, threads)
+        self.pix_fmt: str = self._index.header.pix_fmt
+        self.backend = "pyav" if backend == "pyav" else self._try_decord(strict=backend == "decord")
+        self.fps: float = self._index.header.fps or _fps_from_timestamps(self._index.times)
 
     # -- public surface --------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._timestamps)
+        return len(self._index.times)
 
     @property
     def size(self) -> tuple[int, int]:
         """(H, W) of the stored frames."""
-        return self._height, self._width
+        return self._index.header.size
 
     @property
     def timestamps(self) -> np.ndarray:
         """Presentation time in seconds of every frame, in frame (decode-output) order."""
-        return self._timestamps
+        return self._index.times
 
     def close(self) -> None:
         self._check_process()
@@ -249,10 +249,10 @@ class VideoReader(_FrameSource):
         if self._pid != os.getpid():
             self._pyav, self._decord, self._pid = None, {}, os.getpid()
 
-    def _pyav_decoder(self) -> _PyAVDecoder:
+    def _pyav_decoder(self) -> PyAVDecoder:
         self._check_process()
         if self._pyav is None:
-            self._pyav = _PyAVDecoder(self.path, self.threads)
+            self._pyav = PyAVDecoder(self.path, self.threads, self._index)
         return self._pyav
 
     def _decord_reader(self, scaled_hw: tuple[int, int] | None):
@@ -263,52 +263,69 @@ class VideoReader(_FrameSource):
             try:
                 reader = decord.VideoReader(self.path, ctx=decord.cpu(0), width=w, height=h, num_threads=self.threads)
             except Exception as e:  # decord raises bare RuntimeError/DECORDError
-                raise VideoReadError(self.path, f"decord cannot open it: {_short(e)}") from e
+                raise VideoReadError(self.path, f"decord cannot open it: {short_error(e)}") from e
             self._decord[scaled_hw] = reader
             _LIVE_READERS.add(self)
         return reader
 
-    def _try_decord(self, container_frames: int, strict: bool) -> str:
-        """Use decord only when its frame count and timestamps agree with PyAV's view."""
+    def _try_decord(self, strict: bool) -> str:
+        """``"decord"`` where decord gives exactly this file's frames, else ``"pyav"``."""
         if decord is None:
             if strict:
                 raise ValueError("backend='decord' requested but decord is not installed")
             return "pyav"
+        if not strict and not _decord_usable():
+            return "pyav"
+        reason = self._decord_mismatch()
+        if reason is None:
+            return "decord"
+        self._decord.clear()
+        self._index.note(self.path, "decord", f"read with PyAV, not decord: {reason}")
+        return "pyav"
+
+    def _decord_mismatch(self) -> str | None:
+        """Why decord would not give this file's frames exactly (None: it would).
+
+        decord converts only some pixel formats like PyAV, numbers frames by sorting the
+        packets' timestamps, takes a keyframe's position among the packets for its frame
+        number, and seeks to that frame's time trusting the demuxer to land on the
+        keyframe; each is checked against the index before decord opens the file.
+        """
+        index = self._index
+        if self.pix_fmt not in _DECORD_PIX_FMTS:
+            return f"decord converts {self.pix_fmt or 'its pixel format'} differently"
+        if not index.packet_order:
+            return "its frames are not its packets in timestamp order"
+        if any(a.decode_pos != a.frame for a in index.anchors):
+            return "a keyframe is shown after frames decoded after it (open GOP)"
+        if not index.seeks_land:
+            return "seeking to a keyframe's time does not land on it"
         try:
-            reader = self._decord_reader(None)
-            n = len(reader)
-            ts = reader.get_frame_timestamp(list(range(n)))[:, 0].astype(np.float64) if n else np.zeros(0)
-        except VideoReadError:
-            if strict:
-                raise
-            return "pyav"
-        expected = container_frames or len(self._pyav_decoder().timestamps)
-        if n == 0 or n != expected or np.any(np.diff(ts) <= 0):
-            if strict:
-                raise VideoReadError(self.path, f"decord sees {n} frames, PyAV {expected}: not frame-exact")
-            self._decord.clear()
-            return "pyav"
-        self._timestamps = ts
-        return "decord"
+            count = len(self._decord_reader(None))
+        except VideoReadError as e:
+            return e.reason
+        return None if count == len(self) else f"decord counts {count} frames, PyAV {len(self)}"
 
     def _read(self, indices: list[int], scaled_hw: tuple[int, int] | None) -> np.ndarray:
         if self.backend == "decord":
             try:
                 return self._decord_reader(scaled_hw).get_batch(indices).asnumpy()
             except Exception as e:
-                error = VideoReadError(self.path, f"decoding frames {indices[0]}..{indices[-1]}: {_short(e)}")
+                what = f"decoding frames {indices[0]}..{indices[-1]}: {short_error(e)}"
+                error = VideoReadError(self.path, what)
                 if not self._auto:
                     raise error from e
                 # decord fails on some files PyAV reads (odd widths in some containers):
                 # switch this reader to PyAV; a truly damaged file fails there too.
                 self._decord.clear()
-                if len(self._pyav_decoder().timestamps) != len(self):
-                    raise error from e
                 self.backend = "pyav"
-        return self._pyav_decoder().read(indices, scaled_hw)
+        decoder = self._pyav_decoder()
+        try:
+            return decoder.read(indices, scaled_hw)
+        finally:
+            self._index = decoder.index  # numbered anew when the container's times proved wrong
 
 
-_DECORD_PREFIX = re.compile(r"(\[[0-9:]+\] \S+:\d+: )+")
 # Readers holding decord handles. decord runs decoder threads, and a process forked
 # while they exist (a DataLoader worker) crashes or hangs when it uses decord again
 # (dmlc/decord#294). So a child keeps inherited handles alive and untouched, and
@@ -337,174 +354,8 @@ def _decord_usable() -> bool:
     return decord is not None and not _DECORD_FORK_TAINTED
 
 
-def _short(error: BaseException) -> str:
-    """First line of an error, without decord's ``[time] file.cc:line:`` prefixes."""
-    text = str(error).strip().splitlines()
-    line = _DECORD_PREFIX.sub("", text[0]) if text else ""
-    return (line or type(error).__name__)[:300]
-
-
 def _fps_from_timestamps(ts: np.ndarray) -> float:
     return float((len(ts) - 1) / (ts[-1] - ts[0])) if len(ts) > 1 and ts[-1] > ts[0] else 0.0
-
-
-def _open_container(path: str):
-    try:
-        container = av.open(path, metadata_errors="ignore")
-    except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise VideoReadError(path, f"not a readable media file ({_short(e)})") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoReadError(path, "contains no video stream")
-    return container
-
-
-def _probe(path: str) -> dict:
-    """Header facts (no decoding): size, pixel format, nominal fps and frame count."""
-    container = _open_container(path)
-    try:
-        stream = container.streams.video[0]
-        cc = stream.codec_context
-        if not cc.width or not cc.height:
-            raise VideoReadError(path, "video stream has no frame size")
-        rate = stream.average_rate or stream.guessed_rate
-        return {
-            "height": cc.height,
-            "width": cc.width,
-            "pix_fmt": cc.pix_fmt or "",
-            "fps": float(rate) if rate else 0.0,
-            "frames": stream.frames or 0,
-        }
-    finally:
-        container.close()
-
-
-class _PyAVDecoder:
-    """Seek-and-decode random access that reproduces a sequential decode."""
-
-    def __init__(self, path: str, threads: int) -> None:
-        self.path = path
-        self.threads = threads
-        self._container = None
-        self._frames: Iterator | None = None  # live decode generator
-        self._next = -1  # index of the frame the live generator yields next (-1: unknown)
-        self._scan()
-
-    def _open(self):
-        if self._container is None:
-            self._container = _open_container(self.path)
-            stream = self._container.streams.video[0]
-            stream.codec_context.thread_count = self.threads
-            self._frames, self._next = None, -1
-        return self._container
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-        self._container, self._frames, self._next = None, None, -1
-
-    def _scan(self) -> None:
-        """Index frames by demuxing packets: timestamps, keyframes, pts -> index."""
-        container = self._open()
-        stream = container.streams.video[0]
-        tb = float(stream.time_base or 0)
-        pts: list[int | None] = []
-        key: list[bool] = []
-        try:
-            for packet in container.demux(stream):
-                if packet.size:
-                    pts.append(packet.pts)
-                    key.append(packet.is_keyframe)
-        except av.error.FFmpegError as e:
-            raise VideoReadError(self.path, f"damaged container ({_short(e)})") from e
-        self.close()
-        self.seekable = bool(pts) and None not in pts and len(set(pts)) == len(pts)
-        if self.seekable:
-            order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-            sorted_pts = np.asarray(pts, dtype=np.int64)[order]
-            rank = np.empty_like(order)
-            rank[order] = np.arange(len(order))
-            self.keyframes = sorted(int(rank[i]) for i, k in enumerate(key) if k) or [0]
-            self.pts = sorted_pts.tolist()
-            self.index_of = {p: i for i, p in enumerate(self.pts)}
-            self.timestamps = sorted_pts.astype(np.float64) * tb
-        else:
-            # No usable timestamps: count by decoding once; reads then decode from the start.
-            self.timestamps = np.asarray([f.time or 0.0 for f in self._decode_all()], dtype=np.float64)
-            self.close()
-        if len(self.timestamps) == 0:
-            raise VideoReadError(self.path, "video stream has no frames")
-
-    def _decode_all(self) -> Iterator:
-        container = self._open()
-        try:
-            yield from container.decode(container.streams.video[0])
-        except av.error.FFmpegError as e:
-            raise VideoReadError(self.path, f"decoding failed ({_short(e)})") from e
-
-    def _seek(self, index: int) -> None:
-        """Position the decoder so the next frames lead up to ``index``."""
-        container = self._open()
-        stream = container.streams.video[0]
-        if not self.seekable:
-            self.close()
-            container = self._open()
-            self._frames, self._next = self._numbered(self._decode_all()), 0
-            return
-        k = self.keyframes[bisect.bisect_right(self.keyframes, index) - 1]
-        try:
-            container.seek(self.pts[k], stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError:
-            self.close()  # some containers cannot seek: restart from the top
-            container = self._open()
-        self._frames, self._next = self._numbered(self._decode_all()), -1
-
-    def _numbered(self, frames: Iterator) -> Iterator:
-        if self.seekable:
-            for f in frames:
-                i = self.index_of.get(f.pts)
-                if i is not None:
-                    yield i, f
-        else:
-            yield from enumerate(frames)
-
-    def read(self, indices: list[int], scaled_hw: tuple[int, int] | None) -> np.ndarray:
-        """Sorted unique ``indices`` -> uint8 (n, H, W, 3)."""
-        out: list[np.ndarray] = []
-        for target in indices:
-            frame = self._advance_to(target)
-            if scaled_hw is None:
-                out.append(frame.to_ndarray(format="rgb24"))
-            else:
-                h, w = scaled_hw
-                out.append(
-                    frame.reformat(width=w, height=h, format="rgb24", interpolation=_SCALE_INTERPOLATION).to_ndarray()
-                )
-        return np.stack(out)
-
-    def _advance_to(self, target: int):
-        """Decode forward (seeking first when that is shorter) until frame ``target``."""
-        for _ in range(2):
-            k = self.keyframes[bisect.bisect_right(self.keyframes, target) - 1] if self.seekable else 0
-            if self._frames is None or not k <= self._next <= target:
-                self._seek(target)
-            try:
-                for i, frame in self._frames:
-                    self._next = i + 1
-                    if i == target:
-                        return frame
-                    if i > target:
-                        break
-                else:
-                    raise VideoReadError(self.path, f"frame {target} missing: the stream ends early")
-            except VideoReadError:
-                self.close()
-                raise
-            # The seek landed past the target: this file's keyframe index cannot be
-            # trusted, so decode it from the start from now on.
-            self.close()
-            self.keyframes = [0]
-        raise VideoReadError(self.path, f"frame {target} cannot be reached by seeking")
 
 
 class ImageSequenceReader(_FrameSource):
@@ -538,7 +389,8 @@ class ImageSequenceReader(_FrameSource):
                 with Image.open(self.files[0]) as im:
                     self._size = (im.height, im.width)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
-                raise VideoReadError(self.files[0], f"not a readable image ({_short(e)})") from e
+                raise VideoReadError(self.files[0],
+                                     f"not a readable image ({short_error(e)})") from e
         return self._size
 
     def _read(self, indices: list[int], scaled_hw: tuple[int, int] | None) -> np.ndarray:
@@ -554,7 +406,8 @@ class ImageSequenceReader(_FrameSource):
                         rgb = rgb.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
                     out.append(np.asarray(rgb))
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                raise VideoReadError(self.files[i], f"not a readable image ({_short(e)})") from e
+                raise VideoReadError(self.files[i],
+                                     f"not a readable image ({short_error(e)})") from e
         return np.stack(out)
 
 

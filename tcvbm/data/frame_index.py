@@ -1,0 +1,501 @@
+"""Which frame is which: numbering a video's frames and seeking to them with PyAV.
+
+Frame ``i`` is the ``i``-th picture a sequential PyAV decode yields. Random access seeks
+to a keyframe and decodes forward, so it needs, per keyframe, the number of the picture
+decoded from it, a way to find that keyframe's packet again after a seek, and a check
+that decoding from there gives the pictures a decode from the start gives. Timestamps
+alone provide none of these in every container:
+
+* AVI stores no presentation times (FFmpeg guesses them from the picture types), and most
+  MPEG-PS pictures carry none; the MPEG-PS guesses differ after a seek.
+* AVI, MPEG-TS and MPEG-PS seek on decode times, so seeking to a keyframe's presentation
+  time can land on a later keyframe (or, in MPEG-TS, on no keyframe at all).
+* DivX-style packed B-frames put two pictures in one packet and a few-byte placeholder in
+  another: packets and pictures do not pair up, the decoder labels pictures with other
+  packets' times, and after a seek to a keyframe it drops pictures a decode from the
+  start shows.
+
+So frames are numbered by counting from *anchors*. An anchor is a keyframe packet, found
+again after a seek by its size and checksum whatever timestamps the demuxer gives it,
+with the number of its picture: the first key picture decoded from that packet on. The
+index comes
+
+* from the times the container stores (demuxing only, no decoding) where every packet
+  can be taken to show one picture: each has a distinct stored time, none is small
+  enough to be a placeholder (nothing but a decode tells one that shows no picture from
+  a tiny picture), and the stream starts at a keyframe that no later-decoded picture is
+  shown before (a file cut mid-GOP starts with pictures the decoder drops). Every decoded
+  picture must then carry the stored time of its number (an anchor's picture is returned
+  only once the picture after it does too, its own time matching by construction); one
+  that does not shows that those times do not number the pictures, and the file is
+  indexed by decoding instead;
+* otherwise from one sequential decode, which records a checksum of every picture. A
+  frame decoded after a seek is returned only when its checksum is that picture's;
+  otherwise decoding from that keyframe is not decoding from the start, and the keyframe
+  is dropped for an earlier one, down to decoding from the start of the file.
+
+Each fallback is logged once per file, at debug level.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import os
+import re
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from tcvbm.data.errors import VideoReadError
+
+_log = logging.getLogger(__name__)
+
+# A decoder gives a keyframe's picture within a few packets of it (reorder delay, frame
+# threads); when it has not after this many, that keyframe is no place to start from.
+_ANCHOR_WINDOW = 64
+# Indexes kept per process: datasets reopen readers, and a decoded index costs a decode.
+_CACHE_SIZE = 64
+# FFmpeg's MAX_NVOP_SIZE: the largest MPEG-4 not-coded VOP its decoder and unpacking
+# filter take for a placeholder. A packet this small may show no picture, so its stored
+# time may number nothing: such files are numbered by decoding.
+_PLACEHOLDER_BYTES = 19
+# Keyframes whose seeks are tried before trusting decord with a file.
+_SEEK_PROBES = 16
+# swscale's area filter averages source pixels when shrinking: antialiased, and fast.
+_SCALE_INTERPOLATION = "AREA"
+_DECORD_PREFIX = re.compile(r"(\[[0-9:]+\] \S+:\d+: )+")
+
+
+def short_error(error: BaseException) -> str:
+    """First line of an error, without decord's ``[time] file.cc:line:`` prefixes."""
+    text = str(error).strip().splitlines()
+    line = _DECORD_PREFIX.sub("", text[0]) if text else ""
+    return (line or type(error).__name__)[:300]
+
+
+def open_container(path: str, stored_times_only: bool = False):
+    """Open ``path`` for reading its first video stream.
+
+    ``stored_times_only``: timestamps exactly as the container stores them (FFmpeg's
+    ``nofillin``), so a frame without a stored time has ``pts`` None instead of a guess.
+    """
+    options = {"fflags": "nofillin"} if stored_times_only else None
+    try:
+        container = av.open(path, metadata_errors="ignore", container_options=options)
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise VideoReadError(path, f"not a readable media file ({short_error(e)})") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(path, "contains no video stream")
+    return container
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A keyframe packet decoding can start from, and the number of its picture."""
+
+    frame: int  # number of the keyframe's picture
+    key: tuple[int, int]  # packet size and CRC-32: the packet, whatever its timestamps
+    pos: int | None  # byte offset, where the demuxer reports one
+    pts: int | None
+    dts: int | None
+    decode_pos: int  # packets of the stream before it
+
+    @property
+    def seek_times(self) -> list[int]:
+        """Times to seek to, latest first: the presentation time lands on the keyframe
+        where the demuxer seeks on those; the earlier decode time where it seeks on those."""
+        return sorted({t for t in (self.pts, self.dts) if t is not None}, reverse=True)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the video stream's header says (no decoding)."""
+
+    size: tuple[int, int]  # (H, W)
+    pix_fmt: str
+    fps: float  # nominal; 0 when the header does not say
+
+
+def _header(path: str, stream) -> Header:
+    cc = stream.codec_context
+    if not cc.width or not cc.height:
+        raise VideoReadError(path, "video stream has no frame size")
+    rate = stream.average_rate or stream.guessed_rate
+    return Header((cc.height, cc.width), cc.pix_fmt or "", float(rate) if rate else 0.0)
+
+
+@dataclass
+class FrameIndex:
+    """A video's frames in decode-output order and the keyframes decoding can start from."""
+
+    header: Header
+    times: np.ndarray  # seconds, per frame
+    anchors: list[Anchor]  # sorted by frame
+    # Container index: the stored time of each frame, which its decoded picture must carry.
+    labels: np.ndarray | None
+    # Decoded index: CRC-32 of each picture, which a frame decoded after a seek must have.
+    pictures: np.ndarray | None
+    # What decord assumes: frame i is the packet with the i-th smallest timestamp, and
+    # seeking to a keyframe's presentation time lands on it (only known for files whose
+    # keyframes are numbered by their position among the packets; False for others).
+    packet_order: bool
+    seeks_land: bool
+    noted: set[str] = field(default_factory=set)
+
+    def note(self, path: str, kind: str, message: str) -> None:
+        """Log a fallback at debug level, once per kind and file."""
+        if kind not in self.noted:
+            self.noted.add(kind)
+            _log.debug("%s: %s", path, message)
+
+    def anchor_for(self, frame: int) -> Anchor | None:
+        """The latest anchor at or before ``frame`` (None: decode from the start)."""
+        i = bisect.bisect_right(self.anchors, frame, key=lambda a: a.frame)
+        return self.anchors[i - 1] if i else None
+
+
+def packet_key(packet: av.Packet) -> tuple[int, int]:
+    return packet.size, zlib.crc32(packet)
+
+
+def _anchor(packet: av.Packet, frame: int, decode_pos: int) -> Anchor:
+    return Anchor(frame, packet_key(packet), packet.pos, packet.pts, packet.dts, decode_pos)
+
+
+def _numbered(anchor: Anchor, frame: int) -> Anchor:
+    return Anchor(frame, anchor.key, anchor.pos, anchor.pts, anchor.dts, anchor.decode_pos)
+
+
+def container_index(path: str) -> FrameIndex | None:
+    """Index from the presentation times the container stores, by demuxing only.
+
+    None unless every packet can be taken to show one picture (see the module): only a
+    decode can number other files. Packets the demuxer marks for discarding (before an
+    MP4 edit list's start) are decoded but show nothing.
+    """
+    container = open_container(path, stored_times_only=True)
+    try:
+        stream = container.streams.video[0]
+        header = _header(path, stream)
+        pts: list[int] = []
+        keyframes: list[Anchor] = []
+        start: int | None = None  # stored time of the first packet, a keyframe
+        for n, packet in enumerate(container.demux(stream)):
+            if not packet.size:
+                continue
+            if start is None:
+                if not packet.is_keyframe or packet.pts is None:
+                    return None
+                start = packet.pts
+            if packet.is_discard:
+                continue
+            if packet.pts is None or packet.pts < start or packet.size <= _PLACEHOLDER_BYTES:
+                return None
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(_anchor(packet, -1, n))
+        labels = np.sort(np.asarray(pts, dtype=np.int64))
+        if np.any(np.diff(labels) == 0):
+            return None
+        anchors = [_numbered(a, int(np.searchsorted(labels, a.pts))) for a in keyframes]
+        anchors.sort(key=lambda a: a.frame)
+        times = labels * float(stream.time_base or 0)
+        land = _seeks_land(container, stream, anchors)
+    except av.error.FFmpegError as e:
+        raise VideoReadError(path, f"damaged container ({short_error(e)})") from e
+    finally:
+        container.close()
+    return FrameIndex(header, times, anchors, labels, None, True, land)
+
+
+def picture_crc(frame: av.VideoFrame) -> int:
+    """CRC-32 of a decoded picture's pixels, in its own format where PyAV exports it."""
+    try:
+        pixels = frame.to_ndarray()
+    except ValueError:  # a format PyAV does not export as is
+        pixels = frame.to_ndarray(format="rgb24")
+    return zlib.crc32(np.ascontiguousarray(pixels))
+
+
+def decoded_index(path: str, threads: int) -> FrameIndex:
+    """Index by one sequential decode: frame ``i`` is the ``i``-th picture decoded.
+
+    Key pictures come out in the order of the keyframe packets they are decoded from
+    (an open GOP's leading pictures are not key pictures), so the ``j``-th key picture
+    is the ``j``-th keyframe's. Without that pairing there are no anchors and every read
+    decodes from the start.
+    """
+    container = open_container(path)
+    try:
+        stream = container.streams.video[0]
+        header = _header(path, stream)
+        stream.codec_context.thread_count = threads
+        keyframes: list[Anchor] = []
+        packet_pts: list[int | None] = []
+        labels: list[int | None] = []
+        crcs: list[int] = []
+        key_pictures: list[int] = []
+        for n, packet in enumerate(container.demux(stream)):
+            if packet.size:
+                packet_pts.append(packet.pts)
+                if packet.is_keyframe and not packet.is_discard:  # a discarded one shows nothing
+                    keyframes.append(_anchor(packet, -1, n))
+            for frame in packet.decode():
+                if frame.key_frame:
+                    key_pictures.append(len(labels))
+                labels.append(frame.pts)
+                crcs.append(picture_crc(frame))
+        paired = len(keyframes) == len(key_pictures)
+        anchors = [_numbered(a, f) for a, f in zip(keyframes, key_pictures)] if paired else []
+        distinct = None not in labels and len(set(labels)) == len(labels)
+        in_order = distinct and None not in packet_pts and sorted(packet_pts) == labels
+        land = in_order and _seeks_land(container, stream, anchors)
+        tb = float(stream.time_base or 0)
+    except av.error.FFmpegError as e:
+        raise VideoReadError(path, f"decoding failed ({short_error(e)})") from e
+    finally:
+        container.close()
+    if distinct and tb > 0:
+        times = np.sort(np.asarray(labels, dtype=np.int64)) * tb
+    else:  # nominal times
+        times = np.arange(len(labels), dtype=np.float64) / (header.fps or 1.0)
+    pictures = np.asarray(crcs, dtype=np.uint32)
+    index = FrameIndex(header, times, anchors, None, pictures, in_order, land)
+    if not paired:
+        index.note(path, "seek", f"its {len(keyframes)} keyframe packets decode to "
+                   f"{len(key_pictures)} key pictures: every read decodes from the start")
+    return index
+
+
+_CACHE: OrderedDict[tuple, FrameIndex] = OrderedDict()
+_CACHE_LOCK = threading.Lock()  # datasets index files from a thread pool
+
+
+def _file_id(path: str) -> tuple:
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+def frame_index(path: str, threads: int) -> FrameIndex:
+    """The index of ``path``: from the container's stored times where they can number the
+    frames (:func:`container_index`), else by decoding once. Kept per process, keyed by
+    path, size and modification time."""
+    fid = _file_id(path)
+    with _CACHE_LOCK:
+        index = _CACHE.get(fid)
+    if index is None:
+        index = container_index(path)
+        if index is None:
+            index = decoded_index(path, threads)
+            index.note(path, "decoded", "the container does not store a distinct presentation "
+                       "time for every picture: frames numbered by decoding it once")
+    _remember(fid, index)
+    if len(index.times) == 0:
+        raise VideoReadError(path, "video stream has no frames")
+    return index
+
+
+def _remember(fid: tuple, index: FrameIndex) -> None:
+    """Keep ``index`` as the newest entry of the per-process cache."""
+    with _CACHE_LOCK:
+        _CACHE[fid] = index
+        _CACHE.move_to_end(fid)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+
+
+def _seeks_land(container, stream, anchors: list[Anchor]) -> bool:
+    """Whether seeking, backward and forward, to a keyframe's presentation time makes the
+    demuxer's next packet that keyframe, for keyframes spread over the file.
+
+    Only asked (it costs up to ``2 * _SEEK_PROBES`` seeks) where decord's other
+    assumption holds: each keyframe is numbered by its position among the packets.
+    """
+    if not anchors or any(a.decode_pos != a.frame for a in anchors):
+        return False
+    spread = np.linspace(0, len(anchors) - 1, min(len(anchors), _SEEK_PROBES)).round().astype(int)
+    try:
+        for i, backward in itertools.product(sorted(set(spread.tolist())), (True, False)):
+            anchor = anchors[i]
+            if anchor.pts is None:
+                return False
+            container.seek(anchor.pts, stream=stream, backward=backward)
+            packet = next(iter(container.demux(stream)), None)
+            if packet is None or not packet.size or packet_key(packet) != anchor.key:
+                return False
+    except av.error.FFmpegError:
+        return False
+    return True
+
+
+def _carries(labels: np.ndarray, number: int, pts: int | None) -> bool:
+    """Whether a picture with time ``pts`` can be frame ``number``."""
+    return number < len(labels) and pts is not None and pts == labels[number]
+
+
+class _Missed(Exception):
+    """Decoding from an anchor does not give the pictures a decode from the start gives."""
+
+
+class _Untrusted(Exception):
+    """The container's stored times do not number the decoded pictures."""
+
+
+class PyAVDecoder:
+    """Seek-and-decode random access that reproduces a sequential decode (see the module)."""
+
+    def __init__(self, path: str, threads: int, index: FrameIndex) -> None:
+        self.path = path
+        self.threads = threads
+        self.index = index
+        self._container = None
+        self._frames: Iterator | None = None  # live (number, frame) generator
+        self._from: Anchor | None = None  # the anchor it decodes from
+        self._next = -1  # number of the frame it yields next
+
+    def _open(self):
+        if self._container is None:
+            self._container = open_container(self.path)
+            self._container.streams.video[0].codec_context.thread_count = self.threads
+        return self._container
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._frames, self._from, self._next = None, None, None, -1
+
+    def read(self, indices: list[int], scaled_hw: tuple[int, int] | None) -> np.ndarray:
+        """Sorted unique ``indices`` -> uint8 (n, H, W, 3)."""
+        try:
+            return self._read(indices, scaled_hw)
+        except _Untrusted as e:
+            self.close()
+            self.index = decoded_index(self.path, self.threads)
+            _remember(_file_id(self.path), self.index)
+            self.index.note(self.path, "decoded", f"{e}: frames numbered by decoding it once")
+            return self._read(indices, scaled_hw)
+
+    def _read(self, indices: list[int], scaled_hw: tuple[int, int] | None) -> np.ndarray:
+        out: list[np.ndarray] = []
+        for target in indices:
+            frame = self._advance_to(target)
+            if scaled_hw is None:
+                out.append(frame.to_ndarray(format="rgb24"))
+            else:
+                h, w = scaled_hw
+                scaled = frame.reformat(width=w, height=h, format="rgb24",
+                                        interpolation=_SCALE_INTERPOLATION)
+                out.append(scaled.to_ndarray())
+        return np.stack(out)
+
+    def _advance_to(self, target: int):
+        """Decode forward (from an anchor first when that is shorter) until frame ``target``."""
+        while True:
+            anchor = self.index.anchor_for(target)
+            start = 0 if anchor is None else anchor.frame
+            if self._frames is None or not start <= self._next <= target:
+                if anchor is None:
+                    self.close()  # from the top: a fresh demuxer, no seek
+                self._frames, self._from, self._next = self._decode_from(anchor), anchor, start
+            try:
+                for number, frame in self._frames:
+                    self._next = number + 1
+                    if number == target:
+                        self._confirm(number, frame)
+                        return frame
+            except _Missed as e:
+                missed = self._from
+                self.close()
+                if missed in self.index.anchors:  # another reader of the file may have dropped it
+                    self.index.anchors.remove(missed)
+                self.index.note(self.path, "seek", f"{e}: decoding from earlier keyframes there")
+                continue
+            except (VideoReadError, _Untrusted):
+                self.close()
+                raise
+            self.close()
+            if self.index.labels is not None:
+                raise _Untrusted(f"the stream ends before frame {target} of its stored times")
+            raise VideoReadError(self.path, f"frame {target} missing: the stream ends early")
+
+    def _confirm(self, number: int, frame: av.VideoFrame) -> None:
+        """With a decoded index, a frame decoded from an anchor is returned only when it is
+        the picture a decode from the start gives (a decode from the start is one)."""
+        pictures = self.index.pictures
+        if self._from is None or pictures is None:
+            return
+        if picture_crc(frame) != pictures[number]:
+            raise _Missed(f"decoding from frame {self._from.frame}'s keyframe gives another "
+                          f"picture for frame {number} than decoding from the start")
+
+    def _decode_from(self, anchor: Anchor | None) -> Iterator:
+        """(number, frame) pairs decoded from ``anchor`` (None: the start of the file)."""
+        container = self._open()
+        stream = container.streams.video[0]
+        if anchor is None:
+            packets = container.demux(stream)
+        else:
+            packets = self._packets_from(container, stream, anchor)
+        labels = self.index.labels
+        number = 0 if anchor is None else None  # None: the anchor's picture is still to come
+        # With stored times, the anchor's picture is held until the picture after it carries
+        # its stored time too: the anchor's own time matches by construction.
+        held = None
+        fed = 0
+        try:
+            for packet in packets:
+                fed += 1
+                for frame in packet.decode():
+                    if number is None:
+                        # From the anchor's packet on, the first key picture is its picture;
+                        # the ones before are shown before it (open GOP) and not counted.
+                        if not frame.key_frame:
+                            continue
+                        number = anchor.frame
+                    if labels is not None and not _carries(labels, number, frame.pts):
+                        raise _Untrusted(f"decoded frame {number} has time {frame.pts}, "
+                                         "not the stored one")
+                    if held is not None:
+                        yield held
+                        held = None
+                    if labels is not None and anchor is not None and number == anchor.frame:
+                        held = number, frame
+                    else:
+                        yield number, frame
+                    number += 1
+                if number is None and fed > _ANCHOR_WINDOW:
+                    raise _Missed(f"no key picture decoded from frame {anchor.frame}'s keyframe on")
+        except av.error.FFmpegError as e:
+            raise VideoReadError(self.path, f"decoding failed ({short_error(e)})") from e
+        if held is not None:
+            yield held
+        if anchor is not None:  # the wanted frame was not reached: fewer pictures than from the top
+            raise _Missed(f"decoding from frame {anchor.frame}'s keyframe ends at frame {number}")
+
+    def _packets_from(self, container, stream, anchor: Anchor) -> Iterator[av.Packet]:
+        """Seek to ``anchor``'s packet; the stream's packets from it on."""
+        later = {a.key for a in self.index.anchors if a.frame > anchor.frame}
+        for ts in anchor.seek_times:
+            try:
+                container.seek(ts, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                break
+            packets = container.demux(stream)
+            for packet in packets:
+                if packet.is_keyframe and packet.size:
+                    key = packet_key(packet)
+                    if key == anchor.key:
+                        return itertools.chain([packet], packets)
+                    if key in later:
+                        break  # landed past it: try an earlier time
+                if packet.pos is not None and anchor.pos is not None and packet.pos > anchor.pos:
+                    break
+        raise _Missed(f"seeking does not reach frame {anchor.frame}'s keyframe")
