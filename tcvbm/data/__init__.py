@@ -22,6 +22,7 @@ from tcvbm.data.datasets import (
     worker_options,
 )
 from tcvbm.data.errors import SkippedVideoWarning, VideoReadError
+from tcvbm.data.synthetic import SyntheticMotion
 from tcvbm.data.video import ImageSequenceReader, VideoReader, cover_geometry
 from tcvbm.data.visual import from_uint8, save_gif, save_grid_png, to_uint8
 from tcvbm.data.writer import DEFAULT_GOP, VideoWriter, write_video
@@ -43,6 +44,7 @@ __all__ = [
     "REDS",
     "DAVIS",
     "ImageFolder",
+    "SyntheticMotion",
     "LAYOUTS",
     "build_dataset",
     "detect_layout",
