@@ -1,15 +1,19 @@
 """Score a model at several step counts and the classical baselines on the same clips.
 
-Clips are cut deterministically from every video in a folder (evenly spaced windows of the
-model's frame count, resized to cover the model's size and centre-cropped), degraded with
-the task, restored by each method, and scored on the frames the method had to make (the
-in-between frames of interpolation, every frame after the first for image-to-video, all
-frames for super-resolution). Results go to ``metrics.json`` (per clip and means),
-``metrics.md`` (one table, model and baselines together) and two plots.
+Clips are cut deterministically (:func:`pick_clips`: evenly spaced windows of the model's
+frame count, resized to cover the model's size and centre-cropped), degraded with the task,
+restored by each method, and scored on the frames the method had to make (the in-between
+frames of interpolation, every frame after the first for image-to-video, all frames for
+super-resolution) by :func:`score_clip`. ``tcvbm eval`` (:func:`run_eval`) writes
+``metrics.json`` (per clip and means), ``metrics.md`` (one table, model and baselines
+together) and two plots; a training run's periodic evaluation (:class:`TrainingEval`) runs
+the same harness on its held-out clips, its model beside the source.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import os
 import time
@@ -21,12 +25,18 @@ import torch
 from torch import Tensor
 
 from tcvbm import metrics
+from tcvbm.atomic import AtomicPath
 from tcvbm.baselines import BASELINES
+from tcvbm.data.datasets import Entry
 from tcvbm.data.video import VIDEO_EXTENSIONS
 from tcvbm.pipeline import model_label, model_window_fn, resolve_bundle
+from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import Task, get_task
 
-__all__ = ["run_eval", "load_eval_clips", "score_clip", "Method"]
+__all__ = ["run_eval", "pick_clips", "ClipPlan", "load_eval_clips", "score_clip",
+           "score_methods", "evaluate_bundle", "TrainingEval", "Method"]
+
+Clips = list[tuple[str, Tensor]]  # (name, clip (3, N, H, W) in [-1, 1]) pairs
 
 COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
            ("stlpips", "ST-LPIPS", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
@@ -56,37 +66,90 @@ def _video_files(data: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _spread(n: int, count: int | None) -> Sequence[int]:
+    """``count`` indices spread evenly over ``range(n)``, first and last included (all of
+    them when ``count`` is None or at least ``n``)."""
+    if count is None or count >= n:
+        return range(n)
+    return sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Which clips to cut: ``(video, first frame)`` windows, chosen from lengths alone."""
+
+    windows: tuple[tuple[Entry, int], ...]
+    num_frames: int
+    stride: int
+    size: tuple[int, int]
+
+    def read(self) -> Clips:
+        """Decode the windows, each video opened once: resized to cover ``size``, centred."""
+        from tcvbm.data import from_uint8
+
+        clips = []
+        for video, windows in itertools.groupby(self.windows, key=lambda w: w[0]):
+            with video.open() as reader:
+                for _, start in windows:
+                    frames = reader.read_clip(start, self.num_frames, self.stride, size=self.size)
+                    clips.append((f"{Path(video.key).stem}@{start}", from_uint8(frames)))
+        return clips
+
+
+def pick_clips(videos: Sequence[Entry], num_frames: int, size: tuple[int, int], stride: int = 1,
+               per_video: int | None = None, total: int | None = None) -> ClipPlan:
+    """The evaluation clips of ``videos``, the same every time.
+
+    ``per_video`` windows are spread evenly over each video, the first and the last window
+    included (every window when None); then ``total`` of them are spread the same way over
+    the whole list (all when None), so a few clips still cover the whole set. Videos too
+    short for one clip are skipped, with their names in the error if none is left.
+    """
+    span = (num_frames - 1) * stride + 1
+    usable = [v for v in videos if v.length >= span]
+    if not usable:
+        raise ValueError(f"data: no video is long enough for a {span}-frame clip "
+                         f"(skipped {[Path(v.key).name for v in videos]})")
+    starts = [_spread(v.length - span + 1, per_video) for v in usable]
+    ends = list(itertools.accumulate(len(s) for s in starts))  # window i is in video bisect(i)
+    windows = []
+    for i in _spread(ends[-1], total):
+        v = bisect.bisect_right(ends, i)
+        windows.append((usable[v], starts[v][i - (ends[v - 1] if v else 0)]))
+    return ClipPlan(tuple(windows), num_frames, stride, size)
+
+
 def load_eval_clips(data: str | os.PathLike, num_frames: int, size: tuple[int, int],
-                    clips_per_video: int = 4, stride: int = 1) -> list[tuple[str, Tensor]]:
+                    clips_per_video: int = 4, stride: int = 1) -> Clips:
     """Deterministic ``(name, clip (3, N, H, W) in [-1, 1])`` pairs from a file or folder.
 
-    Windows are spread evenly over each video so a clip set covers its whole length.
-    Videos too short for one clip are skipped with their name in the error if none is left.
+    ``clips_per_video`` windows spread evenly over each video (:func:`pick_clips`), named
+    ``<video>@<first frame>``.
     """
-    from tcvbm.data import VideoReader, from_uint8
+    from tcvbm.data import VideoReader
 
-    clips, skipped = [], []
-    span = (num_frames - 1) * stride + 1
+    videos = []
     for path in _video_files(data):
         with VideoReader(path) as reader:
-            if len(reader) < span:
-                skipped.append(path.name)
-                continue
-            count = min(clips_per_video, len(reader) - span + 1)
-            last = len(reader) - span
-            starts = sorted({round(i * last / max(count - 1, 1)) for i in range(count)})
-            for start in starts:
-                frames = reader.read_clip(start, num_frames, stride, size=size)
-                clips.append((f"{path.stem}@{start}", from_uint8(frames)))
-    if not clips:
-        raise ValueError(f"data: no video is long enough for a {span}-frame clip "
-                         f"(skipped {skipped})")
-    return clips
+            videos.append(Entry(str(path), len(reader)))
+    return pick_clips(videos, num_frames, size, stride, per_video=clips_per_video).read()
+
+
+def _scored_frames(task: Task, num_frames: int) -> Tensor:
+    """(N,) bool: the frames a method has to make, those the source does not carry exactly
+    (all of them in super-resolution); every frame when the source carries them all."""
+    made = ~task.known_frames(num_frames)
+    return made if bool(made.any()) else torch.ones(num_frames, dtype=torch.bool)
 
 
 def score_clip(pred: Tensor, target: Tensor, scored: Tensor,
-               perceptual: dict[str, metrics.PerceptualNet], notes: dict[str, str]) -> dict:
-    """All per-clip metrics of one (C, N, H, W) output against its ground truth."""
+               perceptual: dict[str, metrics.PerceptualNet], notes: dict[str, str],
+               temporal: bool = True) -> dict:
+    """All per-clip metrics of one (C, N, H, W) output against its ground truth.
+
+    A metric that cannot run here is left out, its reason kept in ``notes``; ``temporal``
+    adds the flow-warped error of consecutive frames (which costs an optical flow per pair).
+    """
     p, t = pred.unsqueeze(0), target.unsqueeze(0)
     row: dict[str, float] = {"psnr": float(metrics.psnr(p, t, scored))}
     for name, fn in (("ssim", metrics.ssim), ("ms_ssim", metrics.ms_ssim)):
@@ -96,10 +159,101 @@ def score_clip(pred: Tensor, target: Tensor, scored: Tensor,
             notes.setdefault(name, str(err))
     for name, net in perceptual.items():
         row[name] = float(metrics.perceptual_distance(net, p, t, scored))
-    if pred.shape[1] >= 2:
+    if temporal and pred.shape[1] >= 2:
         out, ref = metrics.temporal_warp_error(p, t)
         row["warp_error"], row["warp_error_gt"] = float(out), float(ref)
     return row
+
+
+def score_methods(methods: Sequence[Method], clips: Clips, task: Task, num_frames: int,
+                  perceptual: dict[str, metrics.PerceptualNet], notes: dict[str, str],
+                  temporal: bool = True, keep_outputs: bool = False) -> dict[str, list[Tensor]]:
+    """The harness: every method restores every clip's observation, scored by :func:`score_clip`.
+
+    Each clip is degraded with ``task``; a method's output (its first ``num_frames`` frames,
+    clamped to [-1, 1]) is scored on :func:`_scored_frames` and timed, one row per clip
+    appended to ``method.results``. Returns the outputs per method name when
+    ``keep_outputs`` (for videos and distribution metrics), else empty lists.
+    """
+    scored = _scored_frames(task, num_frames)
+    outputs: dict[str, list[Tensor]] = {m.name: [] for m in methods}
+    for name, clip in clips:
+        obs = task.degrade(clip.unsqueeze(0))
+        for method in methods:
+            started = time.perf_counter()
+            pred = method.run(obs)[0, :, :num_frames].float().clamp(-1, 1)
+            seconds = time.perf_counter() - started
+            row = {"clip": name, **score_clip(pred, clip, scored, perceptual, notes, temporal),
+                   "seconds_per_frame": seconds / int(scored.sum())}
+            method.results.append(row)
+            if keep_outputs:
+                outputs[method.name].append(pred)
+    return outputs
+
+
+def _write_text(path: Path, text: str) -> None:
+    with AtomicPath(path) as staged:
+        staged.write_text(text)
+
+
+TRAINING_METRICS = ("psnr", "ssim")  # what a training run logs of score_clip's figures
+
+
+def evaluate_bundle(bundle: InferenceBundle, clips: Clips, out_dir: Path, fps: float,
+                    seed: int = 0, device: torch.device | str = "cpu",
+                    precision: str = "fp32") -> dict[str, float]:
+    """Sample ``clips``' sources with the bundle; write videos, a grid and metrics.
+
+    The model (its own steps and sampler, seeded) and the source itself, the no-model
+    baseline, are scored by :func:`score_methods` on the frames the source does not carry;
+    the means over clips of :data:`TRAINING_METRICS` are returned as ``psnr``, ``ssim``,
+    ``psnr_source``, ``ssim_source`` and written to ``out_dir/metrics.json``. Each clip is
+    also written as ``sample-<i>.mp4`` (source | sample | target side by side), and all of
+    them as the rows of ``grid.png``.
+    """
+    from tcvbm.data import save_grid_png, to_uint8, write_video
+
+    task, n = bundle.task, bundle.num_frames
+    model = Method("model", model_window_fn(bundle, device=str(device), precision=precision,
+                                            seed=seed))
+    source = Method("source", lambda obs: task.lift(obs, n))
+    outputs = score_methods([model, source], clips, task, n, perceptual={}, notes={},
+                            temporal=False, keep_outputs=True)
+    figures = {}
+    for method, suffix in ((model, ""), (source, "_source")):
+        means = _means(method.results)
+        figures.update({f"{k}{suffix}": means[k] for k in TRAINING_METRICS if k in means})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (_, target) in enumerate(clips):
+        side = torch.cat([outputs["source"][i], outputs["model"][i], target], dim=-1)
+        write_video(to_uint8(side), out_dir / f"sample-{i}.mp4", fps=fps)
+        rows.append(side)
+    save_grid_png(torch.stack(rows), out_dir / "grid.png")
+    _write_text(out_dir / "metrics.json", json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+class TrainingEval:
+    """A training run's periodic evaluation: :func:`evaluate_bundle` on fixed held-out clips.
+
+    The clips of ``plan`` are decoded at the first evaluation (the loop evaluates on its main
+    process only); results go to ``out_dir/step-<step>``. ``every``: steps between evaluations
+    (0: only the one after the last step). ``precision`` is the training's ("fp32" or "bf16").
+    """
+
+    def __init__(self, plan: ClipPlan, out_dir: Path, every: int, fps: float, seed: int,
+                 precision: str) -> None:
+        self.plan, self.out_dir, self.every = plan, out_dir, every
+        self.fps, self.seed, self.precision = fps, seed, precision
+        self._clips: Clips | None = None
+
+    def __call__(self, bundle: InferenceBundle, step: int,
+                 device: torch.device) -> dict[str, float]:
+        if self._clips is None:
+            self._clips = self.plan.read()
+        return evaluate_bundle(bundle, self._clips, self.out_dir / f"step-{step}", self.fps,
+                               self.seed, device, self.precision)
 
 
 def _perceptual_nets(lpips_weights, alexnet_weights, notes: dict[str, str]) -> dict:
@@ -243,7 +397,7 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     hw = tuple(bundle.size) if bundle and size is None else \
         ((size, size) if isinstance(size, int) else tuple(size or (256, 256)))
     clips = load_eval_clips(data, n, hw, clips_per_video)
-    scored = ~the_task.known_frames(n) if task != "vsr" else torch.ones(n, dtype=torch.bool)
+    scored = _scored_frames(the_task, n)
 
     methods: list[Method] = []
     if bundle is not None:
@@ -256,18 +410,8 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
 
     notes: dict[str, str] = {}
     perceptual = _perceptual_nets(lpips_weights, alexnet_weights, notes)
-    outputs: dict[str, list[Tensor]] = {m.name: [] for m in methods}
-    for name, clip in clips:
-        obs = the_task.degrade(clip.unsqueeze(0))
-        for method in methods:
-            started = time.perf_counter()
-            pred = method.run(obs)[0, :, :n].float().clamp(-1, 1)
-            seconds = time.perf_counter() - started
-            row = {"clip": name, **score_clip(pred, clip, scored, perceptual, notes),
-                   "seconds_per_frame": seconds / int(scored.sum())}
-            method.results.append(row)
-            if fid_weights or fvd_weights:
-                outputs[method.name].append(pred)
+    outputs = score_methods(methods, clips, the_task, n, perceptual, notes,
+                            keep_outputs=bool(fid_weights or fvd_weights))
     if fid_weights or fvd_weights:
         _distribution_metrics(methods, outputs, [c for _, c in clips], scored, fid_weights,
                               fvd_weights, notes)
@@ -284,12 +428,12 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
               "methods": summary, "skipped": notes}
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    _write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     title = f"{task} on {Path(data).name}: {len(clips)} clips of {n} frames at {hw[0]}x{hw[1]}"
     table = markdown_table(summary, title)
     if notes:
         table += "\nSkipped:\n" + "".join(f"- {v}\n" for v in notes.values())
-    (out_dir / "metrics.md").write_text(table)
+    _write_text(out_dir / "metrics.md", table)
     result["plots"] = [str(p) for p in _plots(summary, out_dir)]
     result["table"] = table
     return result

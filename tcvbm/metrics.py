@@ -35,7 +35,9 @@ __all__ = ["psnr", "ssim", "ms_ssim", "temporal_warp_error", "MetricUnavailable"
 PSNR_MAX = 100.0          # dB for identical frames: finite, so tables and JSON stay valid
 _RANGE = (-1.0, 1.0)
 MS_SSIM_MIN_SIZE = 161    # five scales of an 11-px window need > 160 px per side
-_SSIM_MIN_SIZE = 11
+_SSIM_WINDOW = 11
+_SSIM_MIN_SIZE = _SSIM_WINDOW // 2 + 1  # the window's half reaches past the border into the
+                                        # frame's reflection, which must fit in the frame
 
 
 class MetricUnavailable(RuntimeError):
@@ -72,12 +74,19 @@ def psnr(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
 
 
 def ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
-    """(B,) mean per-frame SSIM (Gaussian 11-px window)."""
+    """(B,) mean per-frame SSIM (Gaussian 11-px window).
+
+    Near a frame's border the window sees the frame's reflection, as torchmetrics pads it;
+    frames smaller than the window are scored that way throughout, so only frames too small
+    to hold the reflection (5 px or less) have no SSIM.
+    """
     if min(pred.shape[-2:]) < _SSIM_MIN_SIZE:
-        raise MetricUnavailable(f"ssim: frames of {tuple(pred.shape[-2:])} px are smaller "
-                                f"than the {_SSIM_MIN_SIZE}-px window")
+        raise MetricUnavailable(f"ssim: frames of {tuple(pred.shape[-2:])} px are too small "
+                                f"for the {_SSIM_WINDOW}-px window's reflection padding "
+                                f"(at least {_SSIM_MIN_SIZE} px a side)")
     return _per_frame(lambda p, t: structural_similarity_index_measure(
-        p, t, data_range=_RANGE, reduction="none"), pred, target, frames)
+        p, t, kernel_size=_SSIM_WINDOW, data_range=_RANGE, reduction="none"),
+        pred, target, frames)
 
 
 def ms_ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:

@@ -71,6 +71,22 @@ def test_eval_numbers_on_a_linear_fade(tmp_path):
         assert (tmp_path / "eval" / png).stat().st_size > 1000
 
 
+def test_training_eval_of_an_exact_model_is_capped(tmp_path):
+    """A training run's evaluation scores with the same metrics: a model (and a source) that
+    is exact on the frames it makes gets ``PSNR_MAX``, as in ``tcvbm eval``, not infinity."""
+    from tcvbm.data import from_uint8
+    from tcvbm.evaluate import evaluate_bundle
+
+    clips = [(f"fade@{k}", from_uint8(fade()[k:k + 9])) for k in (0, 8)]
+    figures = evaluate_bundle(source_bundle(9), clips, tmp_path / "step-5", fps=8)
+    assert figures["psnr"] == figures["psnr_source"] == PSNR_MAX
+    assert figures["ssim"] == pytest.approx(1.0, abs=1e-4) == figures["ssim_source"]
+    assert set(figures) == {"psnr", "ssim", "psnr_source", "ssim_source"}
+    assert json.loads((tmp_path / "step-5" / "metrics.json").read_text()) == figures
+    for name in ("sample-0.mp4", "sample-1.mp4", "grid.png"):
+        assert (tmp_path / "step-5" / name).stat().st_size > 0
+
+
 def test_eval_baselines_only_for_vsr_and_i2v(tmp_path):
     data = write_lossless(tmp_path / "fade.mkv", fade(n=5, size=32))
     vsr = run_eval("vsr", data, baselines=True, output_dir=tmp_path / "vsr", scale=2,

@@ -42,6 +42,21 @@ def test_ssim_and_ms_ssim():
     assert float(metrics.ms_ssim(big * 0.5, big)) < 0.99
 
 
+def test_ssim_of_frames_smaller_than_its_window():
+    """Frames under 11 px (a training run's tiny evaluation clips) are scored over their
+    reflection, as torchmetrics pads every border; at 5 px the reflection no longer fits."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as reference
+
+    x = pattern(n=2, size=8)
+    y = x * 0.8
+    assert float(metrics.ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    frames = lambda clip: clip[0].transpose(0, 1)  # noqa: E731  (N, 3, H, W)
+    expected = float(reference(frames(y), frames(x), data_range=(-1.0, 1.0)))
+    assert float(metrics.ssim(y, x)) == pytest.approx(expected, abs=1e-6) and expected < 0.99
+    with pytest.raises(metrics.MetricUnavailable, match="ssim: frames of .5, 5. px"):
+        metrics.ssim(pattern(size=5), pattern(size=5))
+
+
 def test_temporal_warp_error_sees_flicker():
     truth = pattern(n=4, shift=1.5)
     out, ref = metrics.temporal_warp_error(truth, truth)

@@ -23,8 +23,9 @@ from tcvbm.data import VideoFolder
 from tcvbm.models import create, load_pretrained
 from tcvbm.runs import load_bundle
 from tcvbm.tasks import get_task
-from tcvbm.train.loop import TrainingDiverged, fit
+from tcvbm.train.loop import TrainingDiverged
 from tcvbm.train.objectives import BridgeMatching, TimeSampler, Weighting
+from tcvbm.train.run import fit_objective
 
 # A 68k-parameter UNet: two levels, 8 base channels (about 0.05 s a step on one core).
 TINY_MODEL = dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1],
@@ -70,14 +71,15 @@ def bridge_matching(prior: str = "ar1", seed: int = 0) -> BridgeMatching:
 
 @pytest.mark.parametrize("prior", ["ar1", "brownian"])
 def test_tiny_model_overfits_one_clip(tmp_path: Path, prior: str) -> None:
-    result = fit(bridge_matching(prior), Clips(1), tiny_cfg(tmp_path, 80))
+    result = fit_objective(bridge_matching(prior), Clips(1), tiny_cfg(tmp_path, 80))
     first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
     assert last < first / 10, (first, last)
 
 
 def test_resumed_run_follows_uninterrupted_trajectory(tmp_path: Path, capsys) -> None:
     data = Clips(6)
-    full = fit(bridge_matching(), data, tiny_cfg(tmp_path / "full", 12, checkpoint_every=4))
+    full = fit_objective(bridge_matching(), data,
+                         tiny_cfg(tmp_path / "full", 12, checkpoint_every=4))
 
     class Interrupt(Exception):
         pass
@@ -88,8 +90,8 @@ def test_resumed_run_follows_uninterrupted_trajectory(tmp_path: Path, capsys) ->
 
     cut = tiny_cfg(tmp_path / "cut", 12, checkpoint_every=4)
     with pytest.raises(Interrupt):
-        fit(bridge_matching(), data, cut, on_step=stop_at_6)
-    resumed = fit(bridge_matching(seed=2), data, cut)  # fresh weights: all state comes from disk
+        fit_objective(bridge_matching(), data, cut, on_step=stop_at_6)
+    resumed = fit_objective(bridge_matching(seed=2), data, cut)  # fresh weights: state from disk
     assert resumed.resumed_from == 4
     assert "Resuming from" in capsys.readouterr().out
     np.testing.assert_allclose(resumed.losses, full.losses[4:], rtol=1e-5, atol=1e-7)
@@ -115,7 +117,7 @@ class SlowClips(Clips):
 
 def test_logs_clips_per_second_and_time_waiting_for_data(tmp_path: Path) -> None:
     delay, batch = 0.05, 4
-    fit(bridge_matching(), SlowClips(4, delay), tiny_cfg(tmp_path, 4, log_every=2))
+    fit_objective(bridge_matching(), SlowClips(4, delay), tiny_cfg(tmp_path, 4, log_every=2))
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [2, 4]
     for r in logged:
@@ -129,7 +131,7 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path) -> None:
     objective = bridge_matching()
     objective.weighting = lambda t: torch.full_like(t, float("nan"))  # type: ignore[assignment]
     with pytest.raises(TrainingDiverged, match=r"3 non-finite losses in a row.*max_bad_steps=3"):
-        fit(objective, Clips(2), tiny_cfg(tmp_path, 10, max_bad_steps=3))
+        fit_objective(objective, Clips(2), tiny_cfg(tmp_path, 10, max_bad_steps=3))
 
 
 def test_train_entry_point_on_video_files(tmp_path: Path, make_clip, capsys) -> None:
@@ -157,15 +159,49 @@ def test_train_entry_point_on_video_files(tmp_path: Path, make_clip, capsys) -> 
     assert "Resuming from" in capsys.readouterr().out
 
 
+def test_training_eval_scores_like_tcvbm_eval(tmp_path: Path, make_clip) -> None:
+    """The evaluation logged by a run is the mean over its held-out clips of
+    ``tcvbm.metrics.psnr`` (capped per-frame PSNR) of the exported model's samples and of the
+    source, on clips spread over all windows of the held-out videos."""
+    from tcvbm.metrics import psnr
+    from tcvbm.pipeline import model_window_fn
+    from tcvbm.train.run import train, training_eval
+
+    for i in range(2):
+        make_clip(tmp_path / "videos" / f"clip{i}.mp4", n=12, h=24, w=24, seed=i)
+    cfg = load_config("interp-tiny", [
+        f"data.root={tmp_path / 'videos'}", f"output_dir={tmp_path / 'run'}", "train.max_steps=2",
+        "data.num_frames=5", "data.size=[16,16]", "model.params=" + json.dumps(TINY_MODEL),
+        "train.progress=false", "eval.num_clips=3", "eval.steps=2"])
+    train(cfg)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    figures = {k: v for r in map(json.loads, lines) if "eval/psnr" in r for k, v in r.items()}
+    assert set(figures) == {"step", "eval/psnr", "eval/ssim", "eval/psnr_source",
+                            "eval/ssim_source"}
+
+    clips = training_eval(cfg).plan.read()  # type: ignore[union-attr]
+    assert [name for name, _ in clips] == ["clip0@0", "clip1@0", "clip1@3"]  # of 8 windows
+    bundle = load_bundle(tmp_path / "run")  # the EMA weights the final evaluation sampled with
+    sample = model_window_fn(bundle, seed=cfg.seed)
+    task, scored = bundle.task, ~bundle.task.known_frames(FRAMES)
+    target = torch.stack([clip for _, clip in clips])
+    observed = [task.degrade(clip[None]) for _, clip in clips]
+    made = torch.cat([sample(obs) for obs in observed])
+    source = torch.cat([task.lift(obs, FRAMES) for obs in observed])
+    assert figures["eval/psnr"] == pytest.approx(float(psnr(made, target, scored).mean()), abs=1e-4)
+    assert figures["eval/psnr_source"] == pytest.approx(float(psnr(source, target, scored).mean()),
+                                                        abs=1e-4)
+
+
 TWO_PROCESS_SCRIPT = """
 import sys
 import torch
 sys.path.insert(0, {tests!r})
 import test_train as t
-from tcvbm.train.loop import fit
+from tcvbm.train.run import fit_objective
 torch.set_num_threads(1)
 cfg = t.tiny_cfg({out!r}, {steps}, batch_size=2, fsdp={fsdp})
-fit(t.bridge_matching(), {data}, cfg)
+fit_objective(t.bridge_matching(), {data}, cfg)
 """
 
 
@@ -203,7 +239,7 @@ needs_torchrun = pytest.mark.skipif(
 
 @needs_torchrun
 def test_two_processes_match_one_at_same_global_batch(tmp_path: Path) -> None:
-    one = fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
+    one = fit_objective(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
     run_two_processes(tmp_path, tmp_path / "two", 5, fsdp=False)
     assert_same_run(tmp_path / "one", tmp_path / "two", one.losses)
 
@@ -265,7 +301,7 @@ def test_two_processes_reading_their_own_videos_match_one(tmp_path: Path, make_c
     interleaved = ShardsInterleaved(video_folder(root), world=2, batch=2)
     clip_bytes = lambda clips: sorted(clip.numpy().tobytes() for clip in clips)  # noqa: E731
     assert clip_bytes(interleaved) == clip_bytes(video_folder(root))  # an epoch: the same clips
-    one = fit(bridge_matching(), interleaved, tiny_cfg(tmp_path / "one", 5, batch_size=4))
+    one = fit_objective(bridge_matching(), interleaved, tiny_cfg(tmp_path / "one", 5, batch_size=4))
     data = f"t.video_folder({str(root)!r})"
     run_two_processes(tmp_path, tmp_path / "two", 3, data=data)
     run_two_processes(tmp_path, tmp_path / "two", 5, data=data)
@@ -279,7 +315,7 @@ def test_two_processes_reading_their_own_videos_match_one(tmp_path: Path, make_c
 def test_fsdp_matches_one_process_and_resumes(tmp_path: Path) -> None:
     """Sharded over 2 processes: the same losses and exported EMA model as 1 process, also
     when the run stops at step 3 and resumes from its sharded checkpoint."""
-    one = fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
+    one = fit_objective(bridge_matching(), Clips(8), tiny_cfg(tmp_path / "one", 5, batch_size=4))
     run_two_processes(tmp_path, tmp_path / "fsdp", 3, fsdp=True)
     assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-3" / "sharded").is_dir()
     run_two_processes(tmp_path, tmp_path / "fsdp", 5, fsdp=True)
@@ -288,4 +324,4 @@ def test_fsdp_matches_one_process_and_resumes(tmp_path: Path) -> None:
 
 def test_fsdp_needs_several_processes(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="multi-process"):
-        fit(bridge_matching(), Clips(8), tiny_cfg(tmp_path, 2, fsdp=True))
+        fit_objective(bridge_matching(), Clips(8), tiny_cfg(tmp_path, 2, fsdp=True))
