@@ -10,11 +10,14 @@ in :mod:`tcvbm.bridges`.
 
 Because ``X_1`` carries no noise, a sampler draws a sample only if it injects noise itself:
 ``stochastic`` does at every step, ``deterministic`` once at its first step and
-``posterior-mean`` never (it returns a mean estimate, whatever the seed).
+``posterior-mean`` never (it returns a mean estimate, whatever the seed). Each sampler's
+step rule is one entry of :data:`STEPS`, which a distilled few-step student's rollout in
+training uses too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
@@ -22,7 +25,7 @@ from torch import Tensor
 
 from tcvbm.bridges import Bridge
 
-__all__ = ["SAMPLERS", "get_sampler", "get_timesteps", "sample_stochastic",
+__all__ = ["SAMPLERS", "STEPS", "Step", "get_sampler", "get_timesteps", "sample_stochastic",
            "sample_deterministic", "sample_posterior_mean"]
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
@@ -60,16 +63,80 @@ def _check_timesteps(timesteps: Tensor) -> Tensor:
     return timesteps
 
 
-def _walk(step: Callable[..., Tensor], model_fn: ModelFn, x1: Tensor, timesteps: Tensor,
-          callback: Callback | None) -> Tensor:
-    """Shared loop: predict x0 at each grid time, then ``step`` to the next time."""
+class StepFn(Protocol):
+    def __call__(self, bridge: Bridge, x0_hat: Tensor, x_t: Tensor, x1: Tensor, t: float,
+                 s: float, noise: Tensor | None) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """How a sampler moves ``x_t`` at time ``t`` to ``x_s`` given the model's ``x0_hat``.
+
+    A step never draws: ``noisy(t)`` says whether the move from ``t`` takes a standard
+    normal ``noise`` tensor shaped like ``x0_hat`` (otherwise it takes None), and the caller
+    draws it from its own randomness: a sampler from its ``generator``, a distilled student's
+    rollout (:mod:`tcvbm.train.objectives`) from its per-sample streams. Both walk the grid
+    with these very steps, so a student moves exactly as the sampler of its name.
+    """
+
+    noisy: Callable[[float], bool]
+    move: StepFn
+
+    def __call__(self, bridge: Bridge, x0_hat: Tensor, x_t: Tensor, x1: Tensor, t: float,
+                 s: float, noise: Tensor | None) -> Tensor:
+        if (noise is not None) != self.noisy(t):
+            want = "a standard normal tensor" if self.noisy(t) else "None"
+            raise ValueError(f"noise: the step from t = {t} takes {want} as its noise")
+        return self.move(bridge, x0_hat, x_t, x1, t, s, noise)
+
+
+def _posterior_move(bridge: Bridge, x0_hat: Tensor, x_t: Tensor, x1: Tensor, t: float, s: float,
+                    noise: Tensor | None) -> Tensor:
+    """``X_s ~ q(X_s | X_0 = x0_hat, X_t)`` with the given noise; its mean for None."""
+    return bridge.posterior_step(x0_hat, x_t, x1, t, s, noise=False if noise is None else noise)
+
+
+def _from_source(t: float) -> bool:
+    """Whether a step starts at ``t = 1``, where the state is the noise-free source ``X_1``."""
+    return t == 1.0
+
+
+def _deterministic_move(bridge: Bridge, x0_hat: Tensor, x_t: Tensor, x1: Tensor, t: float,
+                        s: float, noise: Tensor | None) -> Tensor:
+    """The noisy boot from ``t = 1`` (``X_1`` implies no noise to keep), then DBIM steps."""
+    if _from_source(t):
+        return _posterior_move(bridge, x0_hat, x_t, x1, t, s, noise)
+    return bridge.deterministic_step(x0_hat, x_t, x1, t, s)
+
+
+STEPS: dict[str, Step] = {
+    "stochastic": Step(noisy=lambda t: True, move=_posterior_move),
+    "deterministic": Step(noisy=_from_source, move=_deterministic_move),
+    "posterior-mean": Step(noisy=lambda t: False, move=_posterior_move),
+}
+
+
+def _standard_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Noise shaped like ``like`` in the precision the bridge mixes it in (at least float32)."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=dtype)
+
+
+def _walk(step: Step, model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
+          generator: torch.Generator | None, callback: Callback | None) -> Tensor:
+    """Shared loop: predict x0 at each grid time, then ``step`` to the next time.
+
+    A step's noise is drawn from ``generator`` after the model call, so a model that draws
+    from the same generator (a distilled student's own noise) keeps its place in the stream.
+    """
     timesteps = _check_timesteps(timesteps).tolist()
     batch = x1.shape[0]
     x = x1
     for i, (t, s) in enumerate(zip(timesteps[:-1], timesteps[1:])):
         t_vec = torch.full((batch,), t, device=x1.device, dtype=torch.float32)
         x0_hat = model_fn(x, t_vec)
-        x = step(x0_hat, x, t, s)
+        noise = _standard_normal(x0_hat, generator) if step.noisy(t) else None
+        x = step(bridge, x0_hat, x, x1, t, s, noise)
         if callback is not None:
             callback({"i": i, "t": t, "s": s, "x": x, "x0_hat": x0_hat})
     return x
@@ -79,8 +146,7 @@ def sample_stochastic(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: 
                       generator: torch.Generator | None = None,
                       callback: Callback | None = None) -> Tensor:
     """Ancestral posterior sampling (I2SB-like): ``X_s ~ q(X_s | X_0 = x0_hat, X_t)``."""
-    return _walk(lambda x0, xt, t, s: bridge.posterior_step(x0, xt, x1, t, s, generator=generator),
-                 model_fn, x1, timesteps, callback)
+    return _walk(STEPS["stochastic"], model_fn, x1, bridge, timesteps, generator, callback)
 
 
 def sample_posterior_mean(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
@@ -94,8 +160,7 @@ def sample_posterior_mean(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timeste
     sampler suits interpolation and super-resolution scored that way; it is no sampler for
     tasks that must invent content (image-to-video).
     """
-    return _walk(lambda x0, xt, t, s: bridge.posterior_step(x0, xt, x1, t, s, noise=False),
-                 model_fn, x1, timesteps, callback)
+    return _walk(STEPS["posterior-mean"], model_fn, x1, bridge, timesteps, generator, callback)
 
 
 def sample_deterministic(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timesteps: Tensor,
@@ -110,13 +175,7 @@ def sample_deterministic(model_fn: ModelFn, x1: Tensor, bridge: Bridge, timestep
     All randomness is that one draw: different seeds give different samples, the same seed
     the same one.
     """
-
-    def step(x0_hat: Tensor, xt: Tensor, t: float, s: float) -> Tensor:
-        if t == 1.0:
-            return bridge.posterior_step(x0_hat, xt, x1, t, s, generator=generator)
-        return bridge.deterministic_step(x0_hat, xt, x1, t, s)
-
-    return _walk(step, model_fn, x1, timesteps, callback)
+    return _walk(STEPS["deterministic"], model_fn, x1, bridge, timesteps, generator, callback)
 
 
 SAMPLERS: dict[str, Sampler] = {

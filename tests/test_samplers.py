@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tcvbm.bridges import Bridge
-from tcvbm.samplers import SAMPLERS, get_sampler, get_timesteps
+from tcvbm.samplers import SAMPLERS, STEPS, get_sampler, get_timesteps
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -58,6 +58,58 @@ def test_posterior_mean_ignores_the_seed() -> None:
     run = lambda seed: SAMPLERS["posterior-mean"](  # noqa: E731
         model, x1, Bridge(4), get_timesteps(5), generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(1), run(2))
+
+
+def _reference_walk(name: str, model, x1: torch.Tensor, bridge: Bridge, timesteps: torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Each sampler written out with the bridge's own draws (``generator=``), step by step."""
+    x = x1
+    grid = timesteps.tolist()
+    for t, s in zip(grid[:-1], grid[1:]):
+        x0_hat = model(x, torch.full((x1.shape[0],), t))
+        if name == "stochastic" or (name == "deterministic" and t == 1.0):
+            x = bridge.posterior_step(x0_hat, x, x1, t, s, generator=generator)
+        elif name == "deterministic":
+            x = bridge.deterministic_step(x0_hat, x, x1, t, s)
+        else:
+            x = bridge.posterior_step(x0_hat, x, x1, t, s, noise=False)
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("seed", [0, 3])
+def test_samplers_draw_as_the_bridge_steps_do_after_the_model(name: str, seed: int) -> None:
+    """Bit for bit the samples of the bridge's own noisy steps, for a model that draws from
+    the same generator (as a distilled student does): step noise comes after each call."""
+    x1 = torch.rand(2, 3, 4, 6, 6, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    bridge = Bridge(4)
+
+    def run(sample) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        model = lambda xt, t: 0.5 * xt + 0.1 * torch.randn(xt.shape, generator=g)  # noqa: E731
+        return sample(model, x1, bridge, get_timesteps(4, "quadratic"), g)
+
+    want = run(lambda *args: _reference_walk(name, *args))
+    assert torch.equal(run(lambda m, x, b, ts, g: SAMPLERS[name](m, x, b, ts, generator=g)), want)
+
+
+def test_a_step_takes_noise_exactly_when_it_needs_it() -> None:
+    """A step never draws: it is handed its noise, and refuses noise it would not use."""
+    bridge = Bridge(3)
+    g = torch.Generator().manual_seed(0)
+    x0_hat, x_t, x1, noise = torch.randn(4, 1, 1, 3, 2, 2, generator=g)
+    with pytest.raises(ValueError, match="^noise"):
+        STEPS["stochastic"](bridge, x0_hat, x_t, x1, 0.5, 0.25, None)
+    with pytest.raises(ValueError, match="^noise"):
+        STEPS["posterior-mean"](bridge, x0_hat, x_t, x1, 0.5, 0.25, noise)
+    with pytest.raises(ValueError, match="^noise"):
+        STEPS["deterministic"](bridge, x0_hat, x1, x1, 1.0, 0.5, None)  # the boot is noisy
+    with pytest.raises(ValueError, match="^noise"):
+        STEPS["deterministic"](bridge, x0_hat, x_t, x1, 0.5, 0.25, noise)
+    assert torch.equal(STEPS["stochastic"](bridge, x0_hat, x_t, x1, 0.5, 0.25, noise),
+                       bridge.posterior_step(x0_hat, x_t, x1, 0.5, 0.25, noise=noise))
+    assert torch.equal(STEPS["deterministic"](bridge, x0_hat, x1, x1, 1.0, 0.5, noise),
+                       bridge.posterior_step(x0_hat, x1, x1, 1.0, 0.5, noise=noise))
 
 
 def test_timesteps() -> None:

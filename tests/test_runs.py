@@ -1,0 +1,61 @@
+"""Inference bundles: the generator noise drawn from the randomness passed in, atomic saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from test_train import TINY_MODEL
+from tcvbm.bridges import Bridge
+from tcvbm.models import create
+from tcvbm.runs import draw_model_noise, load_bundle, save_bundle
+from tcvbm.tasks import get_task
+from tcvbm.train.objectives import SampleRandom
+
+
+def noisy_model(k: int) -> SimpleNamespace:
+    return SimpleNamespace(config=SimpleNamespace(noise_channels=k))
+
+
+def test_model_noise_follows_the_generator_or_each_samples_stream() -> None:
+    like = torch.zeros(2, 3, 5, 4, 6, dtype=torch.float64)
+    z = draw_model_noise(noisy_model(2), like, torch.Generator().manual_seed(4))
+    want = torch.randn(2, 2, 5, 4, 6, generator=torch.Generator().manual_seed(4),
+                       dtype=torch.float64)
+    assert torch.equal(z, want)
+    pair = draw_model_noise(noisy_model(2), like, SampleRandom(1, 7, [0, 1], 2))
+    alone = [draw_model_noise(noisy_model(2), like[i:i + 1], SampleRandom(1, 7, [i], 2))
+             for i in range(2)]
+    assert pair.shape == (2, 2, 5, 4, 6) and pair.dtype == torch.float64
+    assert torch.equal(pair, torch.cat(alone)) and not torch.equal(pair[0], pair[1])
+    assert draw_model_noise(noisy_model(0), like, torch.Generator()) is None
+
+
+def save(model, where: Path) -> Path:
+    return save_bundle(where, model, Bridge(5), get_task("interp", factor=2), 5, [8, 8],
+                       "stochastic", 2, kind="generator")
+
+
+def test_a_bundle_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    first, second = create("unet-tiny", **TINY_MODEL), create("unet-tiny", **TINY_MODEL)
+    where = tmp_path / "run" / "model"
+    save(first, where)
+    save(second, where)  # over an existing bundle
+    assert [p.name for p in where.parent.iterdir()] == ["model"]
+    loaded = load_bundle(where).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in second.state_dict().items())
+
+    def fail(path) -> None:
+        (Path(path) / "half-written").write_text("")
+        raise OSError("disk full")
+
+    second.save_pretrained = fail
+    with pytest.raises(OSError, match="disk full"):
+        save(second, where)
+    assert [p.name for p in where.parent.iterdir()] == ["model"]
+    assert not (where / "half-written").exists()
+    assert load_bundle(where).steps == 2
