@@ -64,6 +64,16 @@ def _per_frame(fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Ten
     return fn(p.flatten(0, 1), t.flatten(0, 1)).view(b, n).mean(dim=1)
 
 
+def _unit(x: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1] intensities, clipped.
+
+    SSIM's luminance term ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)`` is not invariant
+    to a shift of the values: on zero-centred data it compares means near 0 and collapses for
+    any mid-grey difference, so SSIM is defined, and computed here, on intensities in [0, 1].
+    """
+    return ((x + 1) / 2).clamp(0.0, 1.0)
+
+
 def psnr(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
     """(B,) mean per-frame PSNR in dB, at most ``PSNR_MAX`` (reached by identical frames)."""
     def fn(p: Tensor, t: Tensor) -> Tensor:
@@ -85,7 +95,7 @@ def ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
                                 f"for the {_SSIM_WINDOW}-px window's reflection padding "
                                 f"(at least {_SSIM_MIN_SIZE} px a side)")
     return _per_frame(lambda p, t: structural_similarity_index_measure(
-        p, t, kernel_size=_SSIM_WINDOW, data_range=_RANGE, reduction="none"),
+        _unit(p), _unit(t), kernel_size=_SSIM_WINDOW, data_range=1.0, reduction="none"),
         pred, target, frames)
 
 
@@ -95,7 +105,7 @@ def ms_ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tenso
         raise MetricUnavailable(f"ms_ssim: frames of {tuple(pred.shape[-2:])} px are smaller "
                                 f"than the {MS_SSIM_MIN_SIZE} px its five scales need")
     return _per_frame(lambda p, t: multiscale_structural_similarity_index_measure(
-        p, t, data_range=_RANGE, reduction="none"), pred, target, frames)
+        _unit(p), _unit(t), data_range=1.0, reduction="none"), pred, target, frames)
 
 
 def _to_numpy01(clip: Tensor) -> np.ndarray:

@@ -42,6 +42,18 @@ def test_ssim_and_ms_ssim():
     assert float(metrics.ms_ssim(big * 0.5, big)) < 0.99
 
 
+def test_ssim_is_computed_on_intensities():
+    """Two flat grey frames differ only in SSIM's luminance term, ``(2ab + C1) / (a^2 + b^2 +
+    C1)`` on intensities a, b in [0, 1] with ``C1 = 0.01^2``; on zero-centred values that term
+    compares means near 0 and collapses (0.0099 for these two greys)."""
+    a, b = 0.5, 0.6
+    x = torch.full((1, 3, 1, 32, 32), 2 * a - 1)
+    y = torch.full((1, 3, 1, 32, 32), 2 * b - 1)
+    c1 = 0.01 ** 2
+    assert float(metrics.ssim(y, x)) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1),
+                                                      abs=1e-4)
+
+
 def test_ssim_of_frames_smaller_than_its_window():
     """Frames under 11 px (a training run's tiny evaluation clips) are scored over their
     reflection, as torchmetrics pads every border; at 5 px the reflection no longer fits."""
@@ -51,7 +63,7 @@ def test_ssim_of_frames_smaller_than_its_window():
     y = x * 0.8
     assert float(metrics.ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
     frames = lambda clip: clip[0].transpose(0, 1)  # noqa: E731  (N, 3, H, W)
-    expected = float(reference(frames(y), frames(x), data_range=(-1.0, 1.0)))
+    expected = float(reference((frames(y) + 1) / 2, (frames(x) + 1) / 2, data_range=1.0))
     assert float(metrics.ssim(y, x)) == pytest.approx(expected, abs=1e-6) and expected < 0.99
     with pytest.raises(metrics.MetricUnavailable, match="ssim: frames of .5, 5. px"):
         metrics.ssim(pattern(size=5), pattern(size=5))
