@@ -54,6 +54,13 @@ def _inference_flags(p: argparse.ArgumentParser, model_default: str | None, *,
                    help="largest tile side in pixels: larger frames run as overlapping tiles "
                         "(default: 512; smaller uses less memory)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    quality = p.add_mutually_exclusive_group()
+    quality.add_argument("--crf", type=int, default=None, metavar="N",
+                         help="output quality, x264 CRF from 0 to 51: lower is better and "
+                              "larger (default: 18)")
+    quality.add_argument("--lossless", action="store_true",
+                         help="output that decodes to exactly the frames made (RGB H.264 at "
+                              "qp 0, in .mp4, .mkv, .mov or .avi); not with --crf")
 
 
 def _window_flags(p: argparse.ArgumentParser) -> None:
@@ -64,9 +71,14 @@ def _window_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _inference_kwargs(args: argparse.Namespace) -> dict:
-    """The values of :func:`_inference_flags` as keyword arguments of the pipeline."""
+    """The values of :func:`_inference_flags` as keyword arguments of the pipeline; ``--crf``
+    is checked here, before the command loads a model or reads a frame."""
+    from tcvbm.data.writer import DEFAULT_CRF, check_crf
+
+    crf = DEFAULT_CRF if args.crf is None else check_crf(args.crf)
     return dict(steps=args.steps, sampler=args.sampler, device=args.device,
-                precision=args.precision, seed=args.seed, tile=args.tile, compile=args.compile)
+                precision=args.precision, seed=args.seed, tile=args.tile, compile=args.compile,
+                crf=crf, lossless=args.lossless)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

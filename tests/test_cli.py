@@ -64,9 +64,9 @@ def _record_calls(monkeypatch, module: str, name: str) -> list[tuple[tuple, dict
 
 
 INFERENCE = ["--steps", "3", "--sampler", "posterior-mean", "--device", "cuda:1", "--precision",
-             "bf16", "--seed", "7", "--tile", "64", "--compile"]
+             "bf16", "--seed", "7", "--tile", "64", "--compile", "--crf", "23"]
 INFERENCE_KWARGS = dict(steps=3, sampler="posterior-mean", device="cuda:1", precision="bf16",
-                        seed=7, tile=64, compile=True)
+                        seed=7, tile=64, compile=True, crf=23, lossless=False)
 
 
 @pytest.mark.parametrize("command,function,argv,extra", [
@@ -82,6 +82,39 @@ def test_inference_flags_reach_the_pipeline(monkeypatch, command, function, argv
     assert main([command, *argv, *INFERENCE]) == 0
     (_, kwargs), = calls
     assert kwargs == {**INFERENCE_KWARGS, **extra}
+
+
+@pytest.mark.parametrize("command,function,argv", [
+    ("interpolate", "interpolate", ["in.mp4", "-o", "out.mkv"]),
+    ("upscale", "upscale", ["in.mp4", "-o", "out.mkv", "--model", "m"]),
+    ("i2v", "image_to_video", ["in.png", "-o", "out.mkv", "--model", "m"]),
+])
+def test_output_quality_defaults_and_lossless(monkeypatch, command, function, argv) -> None:
+    from tcvbm.data.writer import DEFAULT_CRF
+
+    calls = _record_calls(monkeypatch, "tcvbm.pipeline", function)
+    assert main([command, *argv]) == 0
+    assert main([command, *argv, "--lossless"]) == 0
+    (_, default), (_, lossless) = calls
+    assert (default["crf"], default["lossless"]) == (DEFAULT_CRF, False)
+    assert (lossless["crf"], lossless["lossless"]) == (DEFAULT_CRF, True)
+
+
+@pytest.mark.parametrize("crf", ["-1", "52"])
+def test_crf_off_the_scale_is_one_line_before_any_work(monkeypatch, capsys, crf) -> None:
+    calls = _record_calls(monkeypatch, "tcvbm.pipeline", "interpolate")
+    assert main(["interpolate", "in.mp4", "-o", "out.mp4", "--crf", crf]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"tcvbm interpolate: error: crf: expected an integer from 0 (best quality) "
+                   f"to 51 (smallest file), got {crf}\n")
+    assert calls == []
+
+
+def test_crf_and_lossless_together_are_refused(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["interpolate", "in.mp4", "-o", "out.mkv", "--crf", "18", "--lossless"])
+    assert exit_info.value.code == 2
+    assert "argument --lossless: not allowed with argument --crf" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task,function", [("interp", "interpolate"), ("vsr", "upscale")])

@@ -35,10 +35,8 @@ import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -247,33 +245,12 @@ def _doubled(reader: VideoReader, rife: Interpolator, scale: float) -> Iterator[
     yield prev
 
 
-def _write_lossless(frames: Iterator[Tensor], path: str, fps: Fraction) -> None:
-    """RGB-exact video (libx264rgb at qp 0): tcvbm's writer encodes 4:2:0, which is not."""
-    if "libx264rgb" not in av.codecs_available:
-        raise ValueError("--lossless: this FFmpeg build has no libx264rgb encoder")
-    tmp = f"{path}.partial{Path(path).suffix}"
-    try:
-        with av.open(tmp, "w") as out:
-            stream = out.add_stream("libx264rgb", rate=fps)
-            stream.pix_fmt, stream.options = "rgb24", {"qp": "0", "preset": "veryfast"}
-            for i, frame in enumerate(frames):
-                if i == 0:
-                    stream.height, stream.width = frame.shape[:2]
-                vf = av.VideoFrame.from_ndarray(frame.numpy(), format="rgb24")
-                out.mux(stream.encode(vf))
-            out.mux(stream.encode(None))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def double_frame_rate(input: str | os.PathLike, output: str | os.PathLike, scale: float = 1.0,
                       lossless: bool = False, rife: Interpolator | None = None) -> int:
     """Write ``input`` at twice its frame rate with RIFE; returns the number of frames written.
 
-    Through tcvbm's writer (H.264, audio copied) or, ``lossless``, RGB-exact libx264rgb
-    without audio. The output appears only once complete.
+    Through tcvbm's writer, audio copied: H.264 at its default quality or, ``lossless``, its
+    RGB-exact encoding. The output appears only once complete.
     """
     rife = rife or load_rife()
     with VideoReader(input) as reader:
@@ -288,10 +265,7 @@ def double_frame_rate(input: str | os.PathLike, output: str | os.PathLike, scale
                 count += 1
                 yield frame
 
-        if lossless:
-            _write_lossless(counted(), os.fspath(output), fps)
-        else:
-            write_video(counted(), output, fps, audio_from=input)
+        write_video(counted(), output, fps, audio_from=input, lossless=lossless)
     return count
 
 
@@ -309,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="RIFE's flow resolution factor (several with --score or --eval)")
     p.add_argument("--size", type=parse_size, default=None,
                    help="N or WxH to score at (default: native for --score, 256 for --eval)")
-    p.add_argument("--lossless", action="store_true", help="RGB-exact output (libx264rgb)")
+    p.add_argument("--lossless", action="store_true",
+                   help="RGB-exact output (the writer of tcvbm interpolate --lossless)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     try:

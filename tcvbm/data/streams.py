@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from tcvbm.data.errors import VideoReadError
 from tcvbm.data.video import VideoReader
-from tcvbm.data.writer import write_video
+from tcvbm.data.writer import DEFAULT_CRF, write_video
 
 __all__ = ["MIN_SIZE", "RepairCounter", "open_video", "cfr_indices", "constant_rate_indices",
            "read_repaired", "with_progress", "write_counted", "read_image"]
@@ -142,8 +142,12 @@ def with_progress(frames: Iterable[Tensor], total: int, desc: str) -> Iterator[T
 
 
 def write_counted(frames: Iterable[Tensor], output: str | os.PathLike, fps: float,
-                  audio_from: str | os.PathLike | None) -> int:
-    """Write through the atomic writer, counting frames; nothing is left on failure."""
+                  audio_from: str | os.PathLike | None, *, crf: int = DEFAULT_CRF,
+                  lossless: bool = False) -> int:
+    """Write through the atomic writer, counting frames; nothing is left on failure.
+
+    ``crf`` and ``lossless`` are the writer's (:class:`tcvbm.data.writer.VideoWriter`).
+    """
     count = 0
 
     def counted() -> Iterator[Tensor]:
@@ -152,7 +156,7 @@ def write_counted(frames: Iterable[Tensor], output: str | os.PathLike, fps: floa
             count += 1
             yield frame
 
-    write_video(counted(), str(output), fps, audio_from=audio_from)
+    write_video(counted(), str(output), fps, audio_from=audio_from, crf=crf, lossless=lossless)
     return count
 
 

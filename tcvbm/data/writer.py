@@ -6,6 +6,10 @@ or an exception never leaves a half-written video under the requested name. Fram
 arrive in pieces (the inference pipeline streams windows of any-length videos),
 and the audio of ``audio_from`` is copied packet by packet while the video
 advances, re-encoded to AAC only when the target container cannot hold it.
+
+Two encodings: H.264 4:2:0 at an x264 ``crf`` (small, plays everywhere), or, ``lossless``,
+RGB H.264 at qp 0 (libx264rgb), which decodes to exactly the RGB that was written (a
+4:2:0 or even 4:4:4 YUV encode cannot: the RGB -> YUV conversion rounds).
 """
 
 from __future__ import annotations
@@ -22,12 +26,25 @@ import torch
 from tcvbm.atomic import AtomicPath
 from tcvbm.data.errors import VideoReadError
 
-__all__ = ["VideoWriter", "write_video", "DEFAULT_GOP", "fps_fraction"]
+__all__ = ["VideoWriter", "write_video", "DEFAULT_GOP", "DEFAULT_CRF", "check_crf",
+           "fps_fraction"]
 
 # A keyframe every 8 frames: random clips decode about 3x faster than with the
 # encoders' default of 250 (see docs/data.md), for a modest size cost.
 DEFAULT_GOP = 8
+DEFAULT_CRF = 18        # x264 quality: visually lossless for most content
+_CRF_MAX = 51           # x264's 8-bit scale runs from 0 (best) to 51 (smallest file)
 _H264_NAMES = frozenset({"h264", "libx264", "avc"})
+# x264's SIMD macroblock-tree code (its AVX-512 version, here) made the same frames encode to
+# different pixels from run to run, even on one thread. cpu-independent runs the portable
+# version instead, documented by x264 as giving the same output on every CPU.
+_X264_REPRODUCIBLE = {"x264-params": "cpu-independent=1"}
+# Lossless RGB encoders, first available wins: (encoder, pixel format, options). H.264 in RGB
+# at qp 0 fits MP4, MOV, MKV and AVI and plays wherever FFmpeg does; FFV1 (FFmpeg's own) is
+# for builds without x264. At qp 0 x264's presets change only the size and the time: veryfast
+# made files no larger than medium's, in 60% of its time.
+_LOSSLESS = (("libx264rgb", "rgb24", {"qp": "0", "preset": "veryfast", **_X264_REPRODUCIBLE}),
+             ("ffv1", "bgr0", {}))
 # Audio codecs each container takes as they are; others are re-encoded to AAC.
 _AUDIO_REMUX: dict[str, frozenset[str] | None] = {
     ".mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}),
@@ -57,13 +74,36 @@ def _has_encoder(name: str) -> bool:
     return True
 
 
+def check_crf(crf: int) -> int:
+    """``crf`` itself when it is on x264's scale, else a ``ValueError`` saying what is."""
+    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= _CRF_MAX:
+        raise ValueError(f"crf: expected an integer from 0 (best quality) to {_CRF_MAX} "
+                         f"(smallest file), got {crf!r}")
+    return crf
+
+
 def _pick_encoder(codec: str) -> str:
     if _has_encoder(codec):
         return codec
     if codec in _H264_NAMES:
-        warnings.warn("no h264 encoder in this FFmpeg build: writing mpeg4 instead", RuntimeWarning, stacklevel=3)
+        warnings.warn("no h264 encoder in this FFmpeg build: writing mpeg4 instead",
+                      RuntimeWarning, stacklevel=4)
         return "mpeg4"
     raise ValueError(f"codec {codec!r}: no such video encoder in this FFmpeg build")
+
+
+def _encoding(codec: str, crf: int, lossless: bool) -> tuple[str, str, dict[str, str]]:
+    """(encoder, pixel format, encoder options) of a writer."""
+    if lossless:
+        for name, pix_fmt, options in _LOSSLESS:
+            if _has_encoder(name):
+                return name, pix_fmt, dict(options)
+        raise ValueError("lossless: this FFmpeg build has neither a libx264rgb nor an ffv1 "
+                         "encoder")
+    codec = _pick_encoder(codec)
+    options = ({"crf": str(crf), "preset": "medium", **_X264_REPRODUCIBLE}
+               if codec in _H264_NAMES else {})
+    return codec, "yuv420p", options
 
 
 def _as_frames(frames: FrameBatch) -> np.ndarray:
@@ -86,10 +126,13 @@ class VideoWriter:
     """Streaming video writer; use as a context manager or call ``close``.
 
     ``codec``: an FFmpeg encoder name; ``"h264"`` falls back to ``"mpeg4"`` when the
-    build has no h264 encoder. ``crf``: x264 quality (lower is better; 18 is visually
-    lossless). ``gop``: keyframe interval. Odd frame sizes are padded by one
-    replicated row/column (4:2:0 needs even sizes). With ``audio_from`` the first
-    audio stream of that file is copied, trimmed to the video's duration.
+    build has no h264 encoder. ``crf``: x264 quality, 0 to 51 (lower is better; 18 is
+    visually lossless). ``lossless``: every frame decodes to exactly the RGB written
+    (libx264rgb at qp 0, or FFV1 where the build has no x264); it decides the encoder, so
+    ``codec`` and ``crf`` do not apply. ``gop``: keyframe interval. Odd frame sizes are
+    padded by one replicated row/column in 4:2:0 (which needs even sizes), kept as they are
+    when lossless. With ``audio_from`` the first audio stream of that file is copied,
+    trimmed to the video's duration.
     """
 
     def __init__(
@@ -98,15 +141,17 @@ class VideoWriter:
         fps: float | Fraction,
         audio_from: str | os.PathLike | None = None,
         codec: str = "h264",
-        crf: int = 18,
+        crf: int = DEFAULT_CRF,
         gop: int = DEFAULT_GOP,
+        lossless: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.fps = fps_fraction(fps)
         if gop < 1:
             raise ValueError(f"gop must be >= 1, got {gop}")
-        self.codec = _pick_encoder(codec)
-        self.crf, self.gop = crf, gop
+        self.crf, self.gop, self.lossless = check_crf(crf), gop, lossless
+        self.codec, self._pix_fmt, self._options = _encoding(codec, crf, lossless)
+        self._pads = self._pix_fmt == "yuv420p"   # 4:2:0 needs even sizes
         self.audio_from = None if audio_from is None else os.fspath(audio_from)
         self._ext = os.path.splitext(self.path)[1].lower() or ".mp4"
         # FFmpeg picks the container by the staged name's extension, hence suffix=
@@ -123,13 +168,22 @@ class VideoWriter:
             self._out = av.open(str(self._atomic.staged), "w")
         except av.error.FFmpegError as e:
             raise ValueError(f"cannot write video {self.path!r}: {e}") from e
-        stream = self._out.add_stream(self.codec, rate=self.fps)
-        stream.width, stream.height = width + width % 2, height + height % 2
-        stream.pix_fmt = "yuv420p"
+        try:
+            stream = self._out.add_stream(self.codec, rate=self.fps)
+        except ValueError as e:  # the container cannot hold this codec
+            option = "lossless: " if self.lossless else ""
+            raise ValueError(f"{option}cannot write {self.path!r}: {e}; use .mkv or .mp4") from e
+        if self._pads:
+            width, height = width + width % 2, height + height % 2
+        stream.width, stream.height, stream.pix_fmt = width, height, self._pix_fmt
         stream.codec_context.gop_size = self.gop
-        if self.codec in _H264_NAMES:
-            stream.options = {"crf": str(self.crf), "preset": "medium"}
-        else:  # mpeg4 and friends are rate-controlled: give them ample bits
+        # PyAV opens encoders with slice threads: x264 then cuts each frame into one slice per
+        # thread, as many as the CPUs the process may use, so one CPU and two gave different
+        # videos. Frame threads give the same pixels for any thread count, and run faster.
+        stream.codec_context.thread_type = "FRAME"
+        if self._options:
+            stream.options = self._options
+        elif not self.lossless:  # mpeg4 and friends are rate-controlled: give them ample bits
             stream.bit_rate = int(max(2e6, stream.width * stream.height * float(self.fps) * 0.4))
         self._video = stream
         if self.audio_from is not None:
@@ -146,7 +200,7 @@ class VideoWriter:
             self._start(h, w)
         elif self._shape != (h, w):
             raise ValueError(f"frame size changed from {self._shape} to {(h, w)} while writing {self.path!r}")
-        if h % 2 or w % 2:
+        if self._pads and (h % 2 or w % 2):
             batch = np.pad(batch, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         for array in batch:
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
@@ -283,7 +337,7 @@ def write_video(
     """Write uint8 frames (a ``(n, H, W, 3)`` tensor/array or an iterable of such
     batches or single frames, consumed lazily) to ``path`` atomically; returns the path.
 
-    ``options`` go to :class:`VideoWriter` (``crf``, ``gop``).
+    ``options`` go to :class:`VideoWriter` (``crf``, ``gop``, ``lossless``).
     """
     with VideoWriter(path, fps, audio_from=audio_from, codec=codec, **options) as writer:
         if isinstance(frames, (torch.Tensor, np.ndarray)):
