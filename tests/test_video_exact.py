@@ -290,3 +290,24 @@ def test_ucf101_layout_of_bframe_avi_clips_are_exact(tmp_path, backend):
             runs = [ref[s : s + 15 : 2] for ref in refs for s in range(len(ref) - 14)]
             assert any(np.array_equal(clip, run) for run in runs)
         assert ds.stats()["skipped"] == 0  # no video was given up as unreadable
+
+
+def test_static_h264_is_numbered_from_stored_times(tmp_path, caplog):
+    """A still H.264 clip codes most frames in a few bytes: tiny packets are pictures there
+    (placeholders exist only in MPEG-4 Part 2), so the stored times number the frames, and
+    a damaged stretch stays readable around it instead of failing the whole index."""
+    path = tmp_path / "still.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24")
+        for _ in range(20):
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(path)) as c:
+        assert min(p.size for p in c.demux(video=0) if p.size) <= 19
+    caplog.set_level(logging.DEBUG, logger="tcvbm.data")
+    assert len(VideoReader(str(path), backend="pyav")) == 20
+    assert not [r for r in caplog.records if "numbered by decoding" in r.getMessage()]

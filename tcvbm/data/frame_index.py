@@ -21,7 +21,8 @@ with the number of its picture: the first key picture decoded from that packet o
 index comes
 
 * from the times the container stores (demuxing only, no decoding) where every packet
-  can be taken to show one picture: each has a distinct stored time, none is small
+  can be taken to show one picture: each has a distinct stored time, none (in MPEG-4
+  Part 2, the one codec with placeholders) is small
   enough to be a placeholder (nothing but a decode tells one that shows no picture from
   a tiny picture), and the stream starts at a keyframe that no later-decoded picture is
   shown before (a file cut mid-GOP starts with pictures the decoder drops). Every decoded
@@ -64,8 +65,10 @@ _ANCHOR_WINDOW = 64
 _CACHE_SIZE = 64
 # FFmpeg's MAX_NVOP_SIZE: the largest MPEG-4 not-coded VOP its decoder and unpacking
 # filter take for a placeholder. A packet this small may show no picture, so its stored
-# time may number nothing: such files are numbered by decoding.
+# time may number nothing: such files are numbered by decoding. Only MPEG-4 Part 2 has
+# them; in other codecs (H.264, VP8/9, ...) a tiny packet is a real picture (a static one).
 _PLACEHOLDER_BYTES = 19
+_PLACEHOLDER_CODECS = frozenset({"mpeg4"})
 # Keyframes whose seeks are tried before trusting decord with a file.
 _SEEK_PROBES = 16
 # swscale's area filter averages source pixels when shrinking: antialiased, and fast.
@@ -188,6 +191,7 @@ def container_index(path: str) -> FrameIndex | None:
         pts: list[int] = []
         keyframes: list[Anchor] = []
         start: int | None = None  # stored time of the first packet, a keyframe
+        tiny = _PLACEHOLDER_BYTES if stream.codec_context.name in _PLACEHOLDER_CODECS else 0
         for n, packet in enumerate(container.demux(stream)):
             if not packet.size:
                 continue
@@ -197,7 +201,7 @@ def container_index(path: str) -> FrameIndex | None:
                 start = packet.pts
             if packet.is_discard:
                 continue
-            if packet.pts is None or packet.pts < start or packet.size <= _PLACEHOLDER_BYTES:
+            if packet.pts is None or packet.pts < start or packet.size <= tiny:
                 return None
             pts.append(packet.pts)
             if packet.is_keyframe:
