@@ -26,7 +26,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from tcvbm.atomic import AtomicPath
 
 __all__ = ["Config", "load_config", "parse_overrides", "config_to_yaml", "save_config",
-           "resolve_config_path", "shipped_config_dir", "CONFIG_DIR"]
+           "resolve_config_path", "shipped_config_dir", "CONFIG_DIR", "check_time_sampling",
+           "check_weighting", "check_distillation"]
 
 
 def shipped_config_dir() -> Path:
@@ -57,6 +58,18 @@ PRECISIONS = ("no", "bf16")
 
 
 @dataclass
+class SourceSection:
+    """One source of a training mixture (an entry of ``data.sources``)."""
+
+    root: str = ""
+    layout: str = "auto"  # as data.layout, or synthetic: motion over the still images in root
+    weight: float = 1.0  # the source's share of the clips is weight / (sum of the weights)
+    # the source's own tcvbm.data.build_dataset options (data.options do not apply to it);
+    # stride defaults to data.stride
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataSection:
     """Where the clean clips come from and their shape."""
 
@@ -70,6 +83,9 @@ class DataSection:
     # extra keyword arguments for tcvbm.data.build_dataset (layout specific):
     # clips_per_video, fps, hflip, cache_frames, ...
     options: Dict[str, Any] = field(default_factory=dict)
+    # training clips mixed from several sources by weight (tcvbm.data.build_mixture); empty:
+    # training reads root. Either way root, layout and options give evaluation's videos.
+    sources: List[SourceSection] = field(default_factory=list)
     num_workers: int = 0
 
 
@@ -109,6 +125,9 @@ class LossSection:
     t_sampling: str = "uniform"  # one of T_SAMPLINGS
     t_min: float = 1e-3
     t_max: float = 0.999
+    # probability of t = 1 exactly, where X_t is the source and a 1-step sampler calls the
+    # model; needs weighting none (min-snr and sigmoid weigh t = 1 by 0)
+    t_one_prob: float = 0.0
     logit_mean: float = 0.0
     logit_std: float = 1.0
     weighting: str = "none"  # one of WEIGHTINGS: lambda(t), shared by every loss of the run
@@ -267,21 +286,79 @@ def _merge(schema: DictConfig, label: str, layer: dict) -> DictConfig:
         raise ValueError(f"{label}: invalid value for key '{key}': {str(err).splitlines()[0]}") from None
 
 
+def need(ok: bool, key: str, msg: str) -> None:
+    """The one form of a value error: it names the config key the value belongs to."""
+    if not ok:
+        raise ValueError(f"config: {key} {msg}")
+
+
+# Rules the training objectives apply too, when they are built from code rather than from a
+# config: each is written here once and called from both places.
+
+def check_time_sampling(scheme: str, t_min: float, t_max: float, t_one_prob: float = 0.0) -> None:
+    """``loss.t_sampling``, the range ``loss.t_min``/``loss.t_max`` of training times and
+    ``loss.t_one_prob``, the share of times set to 1 exactly."""
+    need(scheme in T_SAMPLINGS, "loss.t_sampling",
+         f"must be one of {T_SAMPLINGS}, got {scheme!r}")
+    need(0.0 < t_min < t_max < 1.0, "loss.t_min/t_max",
+         f"must satisfy 0 < t_min < t_max < 1, got {t_min}, {t_max}")
+    need(0.0 <= t_one_prob < 1.0, "loss.t_one_prob", f"must lie in [0, 1), got {t_one_prob}")
+
+
+def check_weighting(kind: str) -> None:
+    """``loss.weighting``, the per-time loss weight."""
+    need(kind in WEIGHTINGS, "loss.weighting", f"must be one of {WEIGHTINGS}, got {kind!r}")
+
+
+def check_distillation(student_sampler: str, alpha: float, beta: float) -> None:
+    """``distill.student_sampler`` and the real-data term's ``distill.alpha``/``distill.beta``."""
+    from tcvbm.samplers import SAMPLERS  # here, so that importing tcvbm.config needs no torch
+
+    need(student_sampler in SAMPLERS, "distill.student_sampler",
+         f"must be one of {sorted(SAMPLERS)}, got {student_sampler!r}")
+    need(0.0 < alpha <= 1.0 and 0.0 < beta <= 1.0, "distill.alpha/beta",
+         f"must lie in (0, 1], got {alpha}, {beta}")
+    need(alpha < 1.0 or beta == 1.0, "distill.beta",
+         f"must be 1 when distill.alpha is 1 (no real-data term), got {beta}")
+
+
+def _check_data_sources(cfg: Config) -> None:
+    """The synthetic layout's limits, and each ``data.sources`` entry (its root is checked
+    when the mixture is built)."""
+    from tcvbm.data.layouts import LAYOUTS  # here, so that importing tcvbm.config needs no torch
+
+    d = cfg.data
+    if d.layout == "synthetic":
+        need(d.stride == 1, "data.stride", "must be 1 with data.layout synthetic (its clips "
+             "move up to options.max_motion pixels per frame)")
+        need(cfg.eval.num_clips == 0, "eval.num_clips", "must be 0 with data.layout synthetic "
+             "(evaluation reads held-out videos in data.layout; train on synthetic motion "
+             "through data.sources instead)")
+    shared = {"num_frames", "size", "split"}
+    for k, src in enumerate(d.sources):
+        key = f"data.sources[{k}]"
+        need(bool(src.root), f"{key}.root", "must name a folder")
+        need(src.layout == "auto" or src.layout in LAYOUTS, f"{key}.layout",
+             f"must be 'auto' or one of {sorted(LAYOUTS)}, got {src.layout!r}")
+        need(math.isfinite(src.weight) and src.weight > 0, f"{key}.weight",
+             f"must be a positive number, got {src.weight}")
+        need(not shared & set(src.options), f"{key}.options",
+             f"must not set {sorted(shared & set(src.options))}: every source takes "
+             "data.num_frames, data.size and data.split")
+
+
 def _check(cfg: Config) -> None:
     """Value checks a type system cannot express; each error names its key."""
-
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ValueError(f"config: {key} {msg}")
-
     need(len(cfg.data.size) == 2 and all(s > 0 for s in cfg.data.size), "data.size",
          f"must be [height, width] with positive entries, got {cfg.data.size}")
     need(cfg.data.num_frames >= 1, "data.num_frames", "must be >= 1")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
-    need(cfg.loss.t_sampling in T_SAMPLINGS, "loss.t_sampling", f"must be one of {T_SAMPLINGS}")
-    need(cfg.loss.weighting in WEIGHTINGS, "loss.weighting", f"must be one of {WEIGHTINGS}")
-    need(0.0 < cfg.loss.t_min < cfg.loss.t_max < 1.0, "loss.t_min/t_max",
-         "must satisfy 0 < t_min < t_max < 1")
+    _check_data_sources(cfg)
+    check_time_sampling(cfg.loss.t_sampling, cfg.loss.t_min, cfg.loss.t_max, cfg.loss.t_one_prob)
+    check_weighting(cfg.loss.weighting)
+    need(cfg.loss.t_one_prob == 0.0 or cfg.loss.weighting == "none", "loss.t_one_prob",
+         f"needs loss.weighting none ({cfg.loss.weighting!r} weighs t = 1 by 0), got "
+         f"{cfg.loss.t_one_prob}")
     need(cfg.loss.t_buckets >= 1, "loss.t_buckets", "must be >= 1")
     need(cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr), "optim.lr", "must be > 0")
     need(len(cfg.optim.betas) == 2, "optim.betas", "must be two numbers")
@@ -302,10 +379,7 @@ def _check(cfg: Config) -> None:
     need(cfg.distill.student_steps >= 1, "distill.student_steps", "must be >= 1")
     need(cfg.distill.noise_channels >= 0, "distill.noise_channels", "must be >= 0")
     need(cfg.distill.fake_per_generator >= 1, "distill.fake_per_generator", "must be >= 1")
-    need(0.0 < cfg.distill.alpha <= 1.0 and 0.0 < cfg.distill.beta <= 1.0, "distill.alpha/beta",
-         "must lie in (0, 1]")
-    need(cfg.distill.alpha < 1.0 or cfg.distill.beta == 1.0, "distill.beta",
-         "must be 1 when distill.alpha is 1 (no real-data term)")
+    check_distillation(cfg.distill.student_sampler, cfg.distill.alpha, cfg.distill.beta)
     need(cfg.resume is None or cfg.resume != "", "resume", "must be 'latest' or a checkpoint path")
 
 

@@ -23,16 +23,18 @@ from tcvbm.data import (
     ClipDataset,
     Entry,
     SkippedVideoWarning,
+    SyntheticMotion,
     VideoFolder,
     VideoReader,
     VideoReadError,
     build_dataset,
     from_uint8,
     to_uint8,
+    worker_options,
     write_video,
 )
-from tcvbm.data.datasets import worker_options
 from tcvbm.data.visual import frame_grid
+from tcvbm.data import index_cache
 from tcvbm.data import writer as writer_module
 from tcvbm.data.video import decord
 
@@ -279,7 +281,7 @@ def test_index_is_cached(tmp_path, make_clip, monkeypatch):
     def no_probe(path):
         raise AssertionError(f"{path} probed again")
 
-    monkeypatch.setattr(data.datasets, "_probe_video", no_probe)
+    monkeypatch.setattr(index_cache, "_probe_video", no_probe)
     assert len(VideoFolder(tmp_path / "v", 4, 32, **_dataset_opts(tmp_path))) == 1
     make_clip(tmp_path / "v" / "b.mp4", n=10)  # new file: probed
     with pytest.raises(AssertionError, match="b.mp4"):
@@ -346,6 +348,23 @@ def test_layouts_detected_and_read(tmp_path, make_clip):
     (tmp_path / "junk" / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match=r"no videos or images .* 1 files \(1 \.txt\)"):
         build_dataset(tmp_path / "junk", 4, 16)
+
+
+def test_synthetic_layout_is_synthetic_motion_over_the_stills(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        photo = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(photo).save(tmp_path / f"{i}.png")
+    opts = dict(clips_per_epoch=3, max_motion=2.0, times="random", seed=4)
+    ds = build_dataset(tmp_path, 3, (16, 16), layout="synthetic", **opts)
+    assert isinstance(ds, SyntheticMotion) and len(ds) == 3 and len(ds.photos) == 2
+    alone = SyntheticMotion(tmp_path, 3, (16, 16), **opts)
+    assert all(torch.equal(a, b) for a, b in zip(ds, alone))
+    assert data.detect_layout(tmp_path) == "images"  # synthetic motion only when asked for
+    with pytest.raises(ValueError, match="takes no stride"):
+        build_dataset(tmp_path, 3, 16, layout="synthetic", stride=2, **opts)
+    with pytest.raises(ValueError, match="needs the option clips_per_epoch"):
+        build_dataset(tmp_path, 3, 16, layout="synthetic", max_motion=2.0)
 
 
 def test_short_videos_skip_loop_pad(tmp_path):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader
 
-import tcvbm.data.synthetic as synthetic
+import tcvbm.data.clips as clips_module
 from tcvbm.data import SyntheticMotion
 from tcvbm.data.synthetic import load_photo
 
@@ -74,7 +74,7 @@ def test_shards_are_disjoint_and_cover_the_epoch(stills, monkeypatch):
         lengths.append(len(ds))
         for wid in range(2):
             worker = SimpleNamespace(id=wid, num_workers=2)
-            monkeypatch.setattr(synthetic, "get_worker_info", lambda: worker)
+            monkeypatch.setattr(clips_module, "get_worker_info", lambda: worker)
             ds.set_epoch(0)
             clips = list(ds)
             seen += [next(i for i, c in enumerate(everything) if torch.equal(c, clip))

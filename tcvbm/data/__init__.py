@@ -2,26 +2,26 @@
 
 Public names: :class:`VideoReader`, :class:`VideoFolder`, :func:`build_dataset`,
 :func:`write_video` (and :class:`VideoWriter` for streaming), :class:`VideoReadError`,
-the layout datasets, and the pixel helpers :func:`to_uint8`, :func:`from_uint8`,
+the layout datasets, :class:`SyntheticMotion`, the :class:`Mixture` of several sources
+(:func:`build_mixture`), and the pixel helpers :func:`to_uint8`, :func:`from_uint8`,
 :func:`save_grid_png`, :func:`save_gif`. See docs/data.md.
 """
 
-from tcvbm.data.datasets import (
+from tcvbm.data.clips import ClipDataset, Entry, worker_options
+from tcvbm.data.errors import SkippedVideoWarning, VideoReadError
+from tcvbm.data.index_cache import default_cache_dir
+from tcvbm.data.layouts import (
     DAVIS,
     LAYOUTS,
     REDS,
     UCF101,
-    ClipDataset,
-    Entry,
     ImageFolder,
     VideoFolder,
     Vimeo90K,
     build_dataset,
-    default_cache_dir,
     detect_layout,
-    worker_options,
 )
-from tcvbm.data.errors import SkippedVideoWarning, VideoReadError
+from tcvbm.data.mixture import Mixture, build_mixture
 from tcvbm.data.synthetic import SyntheticMotion
 from tcvbm.data.video import ImageSequenceReader, VideoReader, cover_geometry
 from tcvbm.data.visual import from_uint8, save_gif, save_grid_png, to_uint8
@@ -45,8 +45,10 @@ __all__ = [
     "DAVIS",
     "ImageFolder",
     "SyntheticMotion",
+    "Mixture",
     "LAYOUTS",
     "build_dataset",
+    "build_mixture",
     "detect_layout",
     "default_cache_dir",
     "worker_options",

@@ -15,7 +15,8 @@ motion blur and compression artefacts are not simulated.
 :class:`SyntheticMotion` samples like :class:`tcvbm.data.ClipDataset`: an ``IterableDataset``
 of float ``(3, N, H, W)`` clips in [-1, 1] (rounded to 8 bits like decoded video), with
 ``set_epoch``/``set_shard``, ``len`` = clips per epoch of this shard, and clip ``i`` of epoch
-``e`` a pure function of (``seed``, ``e``, ``i``).
+``e`` a pure function of (``seed``, ``e``, ``i``). This module draws and renders clips; the
+geometry of a clip's layers (motion, masks, sampling) is :mod:`tcvbm.data.scene`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,119 +32,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
 
-from tcvbm.data.datasets import _walk
+from tcvbm.data.clips import ShardedEpochs
+from tcvbm.data.files import list_files
+from tcvbm.data.scene import (MASK_KINDS, ClipPlan, LayerPlan, Motion, footprint, frame_corners,
+                              mask_alpha, mask_outline, relight, sample_layer)
 from tcvbm.data.video import IMAGE_EXTENSIONS, Size, as_hw
 from tcvbm.data.visual import from_uint8
 
-__all__ = ["Motion", "LayerPlan", "ClipPlan", "SyntheticMotion", "load_photo"]
+__all__ = ["SyntheticMotion", "load_photo"]
 
-MASK_KINDS = ("ellipse", "polygon", "blob")
-_PROFILE = 256            # angles at which a mask's outline radius is kept
 _MAX_SPIN = 0.03          # rad per frame, and _MAX_TURN over a clip: rotation stays mild
 _MAX_TURN = 0.35
 _MAX_ZOOM = 0.03          # log-scale per frame, and _MAX_ZOOM_TOTAL over a clip
 _MAX_ZOOM_TOTAL = math.log(1.5)
 _MARGIN = 2.0             # output pixels of photo kept beyond what the motion reaches
-
-
-@dataclass(frozen=True)
-class Motion:
-    """Affine motion of a layer, in output pixels centred on the frame centre (y down).
-
-    Content at layer point ``q`` shows at ``p(t) = c + d(t) + exp(zoom t) R(spin t) (q - c)``
-    with ``d(t) = velocity t + accel t^2 / 2``: at ``t = 0`` layer and frame coordinates
-    agree. The content at ``p`` moves with ``d'(t) + K (p - c - d(t))``, ``K = zoom I +
-    spin J`` (``J`` turns by 90 degrees), which is what bounds the speed.
-    """
-
-    centre: tuple[float, float]
-    velocity: tuple[float, float]
-    accel: tuple[float, float]
-    spin: float
-    zoom: float
-
-    def offset(self, t):
-        """``d(t)`` as (x, y); ``t`` a float or an array."""
-        return (self.velocity[0] * t + 0.5 * self.accel[0] * t * t,
-                self.velocity[1] * t + 0.5 * self.accel[1] * t * t)
-
-    def inverse(self, t: float) -> tuple[float, float, float, float, float, float]:
-        """The inverse motion at time ``t`` as coefficients ``(a, b, c, d, e, f)``: frame
-        point (x, y) shows layer point ``(a x + b y + c, d x + e y + f)``.
-
-        Python floats from a single time, so a frame rendered alone is bit-identical to the
-        same frame rendered within a clip.
-        """
-        (cx, cy), (dx, dy) = self.centre, self.offset(t)
-        shrink = math.exp(-self.zoom * t)
-        sc, ss = shrink * math.cos(self.spin * t), shrink * math.sin(self.spin * t)
-        ex, ey = cx + dx, cy + dy
-        return sc, ss, cx - sc * ex - ss * ey, -ss, sc, cy + ss * ex - sc * ey
-
-    def to_layer(self, x, y, t: float):
-        """Layer point shown at frame point (x, y) (floats, arrays or tensors) at time ``t``."""
-        a, b, c, d, e, f = self.inverse(t)
-        return a * x + b * y + c, d * x + e * y + f
-
-    def reach(self, t: float, radius: float) -> tuple[float, float, float]:
-        """Where a disc of ``radius`` around the centre shows at time ``t``: (x, y, radius)."""
-        dx, dy = self.offset(t)
-        return self.centre[0] + dx, self.centre[1] + dy, radius * math.exp(self.zoom * t)
-
-    def max_speed(self, span: float, corners: np.ndarray | None = None,
-                  radius: float = 0.0) -> float:
-        """Largest speed (pixels per frame) of visible content over times ``[0, span]``.
-
-        ``corners`` (4, 2): the layer fills the frame, and the speed, convex in ``p``, is
-        largest at a corner. Otherwise the layer is a disc of ``radius`` around its centre.
-        """
-        t = np.linspace(0.0, span, max(2, math.ceil(8 * span) + 1))
-        vx, vy = self.velocity[0] + self.accel[0] * t, self.velocity[1] + self.accel[1] * t
-        if corners is None:
-            scale = math.hypot(self.zoom, self.spin) * np.exp(self.zoom * t) * radius
-            return float(np.max(np.hypot(vx, vy) + scale))
-        dx, dy = self.offset(t)
-        rx = corners[None, :, 0] - self.centre[0] - dx[:, None]
-        ry = corners[None, :, 1] - self.centre[1] - dy[:, None]
-        ux = vx[:, None] + self.zoom * rx - self.spin * ry
-        uy = vy[:, None] + self.spin * rx + self.zoom * ry
-        return float(np.max(np.hypot(ux, uy)))
-
-
-@dataclass(frozen=True, eq=False)
-class LayerPlan:
-    """One layer of a clip: which photo, where in it, how it moves, its mask and light.
-
-    ``zoom_draw``: the photo's short side over the frame's short side (raised at render
-    time when the motion needs more of the photo); ``place``: where the needed region sits
-    in the photo, as fractions (y, x) of the room left. ``outline``: the mask's radius at
-    ``_PROFILE`` angles around the motion's centre (None: the background, fully opaque),
-    ``edge``: the width of its soft border. ``brightness``/``contrast``: drift per frame.
-    """
-
-    photo: int
-    zoom_draw: float
-    place: tuple[float, float]
-    motion: Motion
-    outline: np.ndarray | None
-    edge: float
-    brightness: float
-    contrast: float
-
-    @property
-    def radius(self) -> float:
-        """How far from its centre a foreground's mask reaches (soft border included)."""
-        return float(self.outline.max()) + self.edge if self.outline is not None else math.inf
-
-
-@dataclass(frozen=True, eq=False)
-class ClipPlan:
-    """Everything random about a clip: frame times and layers, background first."""
-
-    times: np.ndarray
-    layers: tuple[LayerPlan, ...]
 
 
 def load_photo(path: str | os.PathLike, short_side: int) -> Tensor:
@@ -167,28 +69,9 @@ def load_photo(path: str | os.PathLike, short_side: int) -> Tensor:
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
-def _outline(rng: np.random.Generator, kind: str, radius: float) -> np.ndarray:
-    """Radius of a mask's outline at ``_PROFILE`` angles (star-shaped around its centre)."""
-    phi = np.arange(_PROFILE) * (2 * np.pi / _PROFILE)
-    if kind == "ellipse":
-        a, b, turn = radius, radius * rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
-        return a * b / np.hypot(b * np.cos(phi - turn), a * np.sin(phi - turn))
-    if kind == "polygon":  # vertices spread so that no gap reaches pi: the centre is inside
-        k = int(rng.integers(4, 9))
-        angles = (np.arange(k) + rng.uniform(-0.3, 0.3, k)) * (2 * np.pi / k)
-        angles = np.sort((angles + rng.uniform(0, 2 * np.pi)) % (2 * np.pi))
-        size = rng.uniform(0.5, 1.0, k) * radius
-        vx, vy = size * np.cos(angles), size * np.sin(angles)
-        side = np.searchsorted(angles, phi, side="right") - 1          # -1 wraps to the last
-        ax, ay, bx, by = vx[side], vy[side], vx[(side + 1) % k], vy[(side + 1) % k]
-        # where the ray at phi meets the side from vertex a to vertex b
-        return (ax * by - ay * bx) / (np.cos(phi) * (by - ay) - np.sin(phi) * (bx - ax))
-    waves = sum(rng.uniform(0, 0.25 / m) * np.cos(m * phi + rng.uniform(0, 2 * np.pi))
-                for m in range(1, 5))
-    return radius * (0.75 + waves)
 
 
-class SyntheticMotion(IterableDataset):
+class SyntheticMotion(ShardedEpochs):
     """Clips of ``num_frames`` frames of photos in motion, ``clips_per_epoch`` per epoch.
 
     ``stills``: a folder (searched recursively) or a list of image files. Each clip moves a
@@ -239,6 +122,7 @@ class SyntheticMotion(IterableDataset):
         if max_motion < 0 or photometric < 0:
             raise ValueError(f"max_motion and photometric must be >= 0, got {max_motion}, "
                              f"{photometric}")
+        super().__init__()
         self.photos = _list_stills(stills)
         self.num_frames, self.size = num_frames, as_hw(size)
         self.clips_per_epoch, self.seed = clips_per_epoch, seed
@@ -246,25 +130,12 @@ class SyntheticMotion(IterableDataset):
         self.times, self.photometric, self.return_times = times, float(photometric), return_times
         self.keyframe_every = keyframe_every or max(1, num_frames - 1)
         self.cache_photos = cache_photos
-        self._epoch, self._passes = 0, 0
-        self.rank, self.world_size = 0, 1
         self._cache: OrderedDict[int, Tensor] = OrderedDict()
 
     # -- the dataset interface ---------------------------------------------------
     def __len__(self) -> int:
         """Clips per epoch for this shard (all clips when not sharded)."""
         return len(range(self.rank, self.clips_per_epoch, self.world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose clips the next pass yields (like DistributedSampler)."""
-        self._epoch, self._passes = int(epoch), 0
-
-    def set_shard(self, rank: int, world_size: int) -> None:
-        """Yield only this process's share of the clips (multi-process training)."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, "
-                             f"world_size={world_size}")
-        self.rank, self.world_size = rank, world_size
 
     def __getitem__(self, i: int) -> Tensor | tuple[Tensor, Tensor]:
         """Clip ``i`` of the current epoch (unsharded numbering)."""
@@ -274,10 +145,7 @@ class SyntheticMotion(IterableDataset):
 
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
         """This shard's clips: clips ``rank::world_size``, split again between workers."""
-        epoch = self._epoch + self._passes
-        self._passes += 1  # a persistent worker's next pass is the next epoch
-        info = get_worker_info()
-        wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, wid, workers = self._start_pass()
         for i in range(self.rank, self.clips_per_epoch, self.world_size)[wid::workers]:
             yield self._item(epoch, i)
 
@@ -319,7 +187,7 @@ class SyntheticMotion(IterableDataset):
             centre, outline, edge = (0.0, 0.0), None, 0.0
         else:
             centre = (rng.uniform(-w / 2, w / 2), rng.uniform(-h / 2, h / 2))
-            outline = _outline(rng, kind, rng.uniform(0.12, 0.35) * min(h, w))
+            outline = mask_outline(rng, kind, rng.uniform(0.12, 0.35) * min(h, w))
             edge = 1.0 if kind != "blob" else 0.15 * float(outline.mean())
         motion = self._draw_motion(rng, centre, outline, edge)
         photo, zoom_draw = int(rng.integers(len(self.photos))), float(rng.uniform(1.0, 2.0))
@@ -338,7 +206,7 @@ class SyntheticMotion(IterableDataset):
         """
         h, w = self.size
         span = float(self.num_frames - 1)
-        corners = _frame_corners(h, w)
+        corners = frame_corners(h, w)
         reach = math.hypot(h, w) / 2 if outline is None else float(outline.max()) + edge
         heading, bend = rng.uniform(0, 2 * np.pi, 2)
         curve = rng.uniform(0, 0.5) / max(span, 1.0)  # the speed changes by up to half
@@ -385,18 +253,18 @@ class SyntheticMotion(IterableDataset):
         ys = (torch.arange(2 * h, dtype=torch.float32) + 0.5) / 2 - h / 2
         back, *fronts = plan.layers
         source, box = self._layer_source(back, span)
-        frames = _sample_layer(source, box, back.motion, xs, ys, times.tolist())  # (3, n, ...)
+        frames = sample_layer(source, box, back.motion, xs, ys, times.tolist())  # (3, n, ...)
         for j, t in enumerate(times.tolist()):
-            _relight(frames[:, j], back, t)
+            relight(frames[:, j], back, t)
         for layer in fronts:
             source, box = self._layer_source(layer, span)
             for j, t in enumerate(times.tolist()):
-                rows, cols = _footprint(*layer.motion.reach(t, layer.radius + _MARGIN), h, w)
+                rows, cols = footprint(*layer.motion.reach(t, layer.radius + _MARGIN), h, w)
                 if rows.start >= rows.stop or cols.start >= cols.stop:
                     continue  # the layer is out of the frame at this time
-                patch = _sample_layer(source, box, layer.motion, xs[cols], ys[rows], [t])[:, 0]
+                patch = sample_layer(source, box, layer.motion, xs[cols], ys[rows], [t])[:, 0]
                 under = frames[:, j, rows, cols]
-                under += patch[3:] * (_relight(patch[:3], layer, t) - under)
+                under += patch[3:] * (relight(patch[:3], layer, t) - under)
         # 2x2 means over the frames stacked vertically (an even number of rows each)
         pixels = F.avg_pool2d(frames.view(3, -1, 2 * w), 2).clamp_(0, 1).mul_(255).round_()
         return from_uint8(pixels.to(torch.uint8).view(3, -1, h, w).permute(1, 2, 3, 0))
@@ -407,7 +275,7 @@ class SyntheticMotion(IterableDataset):
         h, w = self.size
         m = layer.motion
         if layer.outline is None:  # all the frame shows over the clip, sampled under a pixel apart
-            corners = _frame_corners(h, w)
+            corners = frame_corners(h, w)
             steps = max(2, math.ceil(span * (self.max_motion + 1)) + 1)
             seen = np.array([m.to_layer(corners[:, 0], corners[:, 1], t)
                              for t in np.linspace(0.0, span, steps).tolist()])
@@ -438,7 +306,7 @@ class SyntheticMotion(IterableDataset):
         source = F.interpolate(region, size=out, mode="bilinear", antialias=True,
                                align_corners=False)
         if layer.outline is not None:
-            source = torch.cat([source, _alpha(layer, (x0, y0, x1, y1), out)[None, None]], 1)
+            source = torch.cat([source, mask_alpha(layer, (x0, y0, x1, y1), out)[None, None]], 1)
         return source, (x0, y0, x1, y1)
 
     def _photo(self, index: int) -> Tensor:
@@ -452,66 +320,12 @@ class SyntheticMotion(IterableDataset):
         return photo
 
 
-def _frame_corners(h: int, w: int) -> np.ndarray:
-    """The frame's corners (4, 2) as (x, y), in frame coordinates."""
-    return np.array([[-w, -h], [w, -h], [-w, h], [w, h]], dtype=np.float64) / 2
-
-
-def _alpha(layer: LayerPlan, box: tuple[float, float, float, float],
-           out: tuple[int, int]) -> Tensor:
-    """Soft mask of a foreground on its source's pixel grid ``out``: (H, W) in [0, 1]."""
-    x0, y0, x1, y1 = box
-    ys = y0 + (torch.arange(out[0], dtype=torch.float64) + 0.5) * (y1 - y0) / out[0]
-    xs = x0 + (torch.arange(out[1], dtype=torch.float64) + 0.5) * (x1 - x0) / out[1]
-    ry, rx = torch.meshgrid(ys - layer.motion.centre[1], xs - layer.motion.centre[0], indexing="ij")
-    position = torch.atan2(ry, rx).remainder(2 * math.pi) * (_PROFILE / (2 * math.pi))
-    outline = torch.from_numpy(layer.outline)
-    left, frac = position.floor().long() % _PROFILE, position - position.floor()
-    reach = outline[left] * (1 - frac) + outline[(left + 1) % _PROFILE] * frac
-    return ((reach - torch.hypot(rx, ry)) / layer.edge + 0.5).clamp(0, 1).float()
-
-
-def _relight(rgb: Tensor, layer: LayerPlan, t: float) -> Tensor:
-    """Drift ``rgb`` (in place) to time ``t``: contrast about mid-grey, then brightness."""
-    gain = 1 + layer.contrast * t
-    return rgb.mul_(gain).add_(0.5 * (1 - gain) + layer.brightness * t)
-
-
-def _footprint(x: float, y: float, radius: float, h: int, w: int) -> tuple[slice, slice]:
-    """Rows and columns, at twice the output size, of a disc around frame point (x, y)."""
-
-    def cover(centre: float, length: int) -> slice:
-        first = math.floor(2 * (centre - radius + length / 2) - 0.5)
-        last = math.ceil(2 * (centre + radius + length / 2) - 0.5) + 1
-        return slice(max(0, first), min(2 * length, last))
-
-    return cover(y, h), cover(x, w)
-
-
-def _sample_layer(source: Tensor, box: tuple[float, ...], motion: Motion, xs: Tensor,
-                  ys: Tensor, times: list[float]) -> Tensor:
-    """``source`` (1, C, h, w), covering ``box`` (x0, y0, x1, y1) in layer coordinates, seen
-    through ``motion`` at frame columns ``xs`` and rows ``ys`` at each time: (C, n, rows,
-    cols). A time's sampling grid is affine in the pixel position: a row plus a column."""
-    x0, y0, x1, y1 = box
-    kx, ky = 2 / (x1 - x0), 2 / (y1 - y0)
-    gx, gy = [], []
-    for t in times:
-        a, b, c, d, e, f = motion.inverse(t)
-        gx.append((xs * (a * kx))[None] + (ys * (b * kx) + ((c - x0) * kx - 1))[:, None])
-        gy.append((xs * (d * ky))[None] + (ys * (e * ky) + ((f - y0) * ky - 1))[:, None])
-    grid = torch.stack([torch.cat(gx), torch.cat(gy)], -1)[None]  # the times stacked vertically
-    padding = "border" if source.shape[1] == 3 else "zeros"         # a foreground has a mask
-    out = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-    return out.view(source.shape[1], len(times), len(ys), len(xs))
-
-
 def _list_stills(stills: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """The image files of ``stills``, each checked to open as an image."""
     if isinstance(stills, (str, os.PathLike)):
         root = Path(stills)
         if root.is_dir():
-            paths = _walk(root, IMAGE_EXTENSIONS)
+            paths = list_files(root, IMAGE_EXTENSIONS)
         elif root.is_file():
             paths = [os.fspath(root)]
         else:

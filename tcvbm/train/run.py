@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from tcvbm.bridges import Bridge
 from tcvbm.config import Config, save_config
-from tcvbm.data.datasets import ClipDataset, build_dataset
+from tcvbm.data import ClipDataset, build_dataset, build_mixture
 from tcvbm.evaluate import TrainingEval, pick_clips
 from tcvbm.runs import checkpoint_step, latest_checkpoint, load_bundle
 from tcvbm.tasks import Task, get_task
@@ -60,8 +60,13 @@ def _dataset(cfg: Config, root: str, split: str) -> ClipDataset:
 
 
 def build_train_set(cfg: Config) -> Dataset:
-    """The training clips: ``data.root`` (its ``data.split`` subfolder when it has one)."""
-    return _dataset(cfg, cfg.data.root, cfg.data.split)
+    """The training clips: ``data.sources`` mixed by weight, else ``data.root`` (its
+    ``data.split`` subfolder when it has one)."""
+    d = cfg.data
+    if d.sources:
+        return build_mixture(d.sources, d.num_frames, tuple(d.size), split=d.split,
+                             stride=d.stride, seed=cfg.seed)
+    return _dataset(cfg, d.root, d.split)
 
 
 def training_eval(cfg: Config) -> TrainingEval | None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from tcvbm.data.datasets import worker_options
+from tcvbm.data import worker_options
 
 __all__ = ["Batches", "StepBatches", "DataStream", "data_stream", "read_data_state",
            "write_data_state"]
