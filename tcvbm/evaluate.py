@@ -27,7 +27,7 @@ from torch import Tensor
 from tcvbm import metrics
 from tcvbm.atomic import AtomicPath
 from tcvbm.baselines import BASELINES
-from tcvbm.data.datasets import Entry
+from tcvbm.data import Entry
 from tcvbm.data.video import VIDEO_EXTENSIONS
 from tcvbm.pipeline import model_label, model_window_fn, resolve_bundle
 from tcvbm.runs import InferenceBundle

@@ -1,4 +1,4 @@
-"""Optical flow (OpenCV DIS) and backward warping, shared by the flow baseline and metrics.
+"""Optical flow (OpenCV DIS) and backward warping, shared by interpolation and metrics.
 
 Classical flow is the reference a learned interpolator has to beat and the ruler for
 temporal consistency; one implementation serves both so they measure the same motion.
@@ -6,12 +6,14 @@ temporal consistency; one implementation serves both so they measure the same mo
 
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["dis_flow", "backward_warp", "interpolate_pair", "fill_between_keyframes"]
+__all__ = ["dis_flow", "backward_warp", "Candidates", "warp_candidates"]
 
 _PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 # DIS rejects frames under 12 px and crashes on some under 16 px high (OpenCV 4.x-5.0, for
@@ -49,40 +51,55 @@ def backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
                      borderMode=cv2.BORDER_REPLICATE)
 
 
-def interpolate_pair(a: np.ndarray, b: np.ndarray, alphas: list[float]) -> list[np.ndarray]:
-    """Frames at times ``alphas`` between float (H, W, 3) frames ``a`` and ``b`` in [0, 1].
+class Candidates(NamedTuple):
+    """What bidirectional flow interpolation knows about in-between frames, before it mixes.
 
-    Bidirectional: flows a->b and b->a give, under linear motion, the flows from the
-    intermediate time back to both ends (the Super SloMo approximation); both ends are
-    warped there and mixed by temporal distance.
+    For ``P`` keyframe pairs ``(a, b)`` and ``T`` times, each ``(P, T, ...)``, float32 on the
+    CPU. Flows are in pixels and point from the in-between frame to a keyframe: the
+    candidate is that keyframe sampled at ``x + flow(x)``. Kept apart (rather than mixed at
+    once) so a model can weigh the two per pixel where they disagree (occlusions, flow
+    failures), which the mix alone cannot tell it.
+    """
+
+    left: Tensor        # (P, T, C, H, W) in [0, 1]: ``a`` warped to the time
+    right: Tensor       # (P, T, C, H, W) in [0, 1]: ``b`` warped to the time
+    left_flow: Tensor   # (P, T, 2, H, W): (x, y) from the time to ``a``
+    right_flow: Tensor  # (P, T, 2, H, W): (x, y) from the time to ``b``
+
+
+def _warps(a: np.ndarray, b: np.ndarray, times: Sequence[float]) -> list[tuple[np.ndarray, ...]]:
+    """(a warped, b warped, flow to a, flow to b) at each time, for float (H, W, 3) frames.
+
+    Flows a->b and b->a give, under linear motion, the flows from the intermediate time back
+    to both ends (the Super SloMo approximation); both ends are warped there.
     """
     f01 = dis_flow(a, b)          # a(x) ~ b(x + f01(x)): a -> b on a's grid
     f10 = dis_flow(b, a)          # b(x) ~ a(x + f10(x)): b -> a on b's grid
     out = []
-    for t in alphas:
-        ft0 = -(1 - t) * t * f01 + t * t * f10
-        ft1 = (1 - t) * (1 - t) * f01 - t * (1 - t) * f10
-        warped0 = backward_warp(a, ft0.astype(np.float32))
-        warped1 = backward_warp(b, ft1.astype(np.float32))
-        out.append((1 - t) * warped0 + t * warped1)
+    for t in times:
+        ft0 = (-(1 - t) * t * f01 + t * t * f10).astype(np.float32)
+        ft1 = ((1 - t) * (1 - t) * f01 - t * (1 - t) * f10).astype(np.float32)
+        out.append((backward_warp(a, ft0), backward_warp(b, ft1), ft0, ft1))
     return out
 
 
-def fill_between_keyframes(clip: Tensor, keyframes: Tensor, factor: int) -> Tensor:
-    """``clip`` (B, C, N, H, W) in [-1, 1] with every frame between two keyframes replaced
-    by its flow interpolation; keyframes (B, C, K, H, W) sit at 0, ``factor``, ... .
+def warp_candidates(a: Tensor, b: Tensor, times: Sequence[float]) -> Candidates:
+    """Both frames of each pair warped to each time in (0, 1), with the flows that did it.
 
-    Frames outside the last pair (a clip whose ``N - 1`` is not a multiple of ``factor``)
-    keep what ``clip`` holds. Runs on the CPU (OpenCV); the result is on ``clip``'s device.
+    ``a``, ``b``: (P, C, H, W) RGB in [0, 1], the pairs' earlier and later frames. The one
+    implementation behind the flow source, the flow baseline and a model's flow context
+    (:class:`tcvbm.tasks.FrameInterpolation`); runs on the CPU (OpenCV).
     """
-    out = clip.detach().float().cpu().clone()
-    alphas = [j / factor for j in range(1, factor)]
-    frames = ((keyframes.detach().float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu().numpy()
-    for b in range(frames.shape[0]):
-        for k in range(frames.shape[1] - 1):
-            mids = interpolate_pair(np.ascontiguousarray(frames[b, k]),
-                                    np.ascontiguousarray(frames[b, k + 1]), alphas)
-            for j, mid in enumerate(mids, start=1):
-                if k * factor + j < out.shape[2]:
-                    out[b, :, k * factor + j] = torch.from_numpy(mid).permute(2, 0, 1) * 2 - 1
-    return out.clamp(-1, 1).to(device=clip.device, dtype=clip.dtype)
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"a, b: expected two (P, C, H, W) tensors of one shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    frames = [f.detach().float().cpu().permute(0, 2, 3, 1).numpy() for f in (a, b)]
+    fields: list[list[Tensor]] = [[], [], [], []]
+    for pa, pb in zip(*frames):
+        warps = _warps(np.ascontiguousarray(pa), np.ascontiguousarray(pb), times)
+        for field, arrays in zip(fields, zip(*warps)):
+            field.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+    p, c, h, w = a.shape  # no pairs (a clip with one keyframe): empty fields of these shapes
+    shapes = [(p, len(times), c, h, w)] * 2 + [(p, len(times), 2, h, w)] * 2
+    return Candidates(*(torch.stack(f) if f else torch.zeros(shape)
+                        for f, shape in zip(fields, shapes)))

@@ -3,7 +3,7 @@
 A trained model sees clips of a fixed frame count ``N`` (and was trained at a fixed size);
 real videos are longer and larger. The commands here read a stream of frames
 (:mod:`tcvbm.data.streams`: constant rate, damaged frames repaired), cut it into windows and
-tiles (:mod:`tcvbm.windows`), build each window's source with the task's own ``lift`` (the
+tiles (:mod:`tcvbm.windows`), build each window's source with the task's own ``prepare`` (the
 function used in training), run the sampler, and write the blended result with the input's
 audio. Frames stream from the reader to the writer: memory is bounded by one batch of
 windows, never by the length of the video.
@@ -28,6 +28,7 @@ from tcvbm.data.streams import (
 )
 from tcvbm.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from tcvbm.data.visual import from_uint8, to_uint8
+from tcvbm.data.writer import DEFAULT_CRF
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.windows import (
     DEFAULT_MULTIPLE, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, TemporalBlender, WindowFn,
@@ -48,7 +49,8 @@ __all__ = [
 def model_window_fn(bundle, steps: int | None = None, sampler: str | None = None,
                     device: str = "cpu", precision: str = "fp32", seed: int = 0,
                     compile: bool = False) -> WindowFn:
-    """A ``WindowFn`` that lifts observations with the bundle's task and samples the model.
+    """A ``WindowFn`` that prepares observations with the bundle's task (the source and, for
+    a task that has one, the context the model reads with it) and samples the model.
 
     ``steps``/``sampler`` default to the bundle's own (the values it was trained or
     distilled for). Sampling is seeded so the same input gives the same output.
@@ -67,9 +69,9 @@ def model_window_fn(bundle, steps: int | None = None, sampler: str | None = None
     def fn(obs: Tensor) -> Tensor:
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
                                                     enabled=precision == "bf16"):
-            x1 = bundle.task.lift(obs.to(dev), bundle.num_frames)
-            x0 = sample(bundle.model_fn(x1, generator=generator), x1, bundle.bridge, timesteps,
-                        generator=generator)
+            x1, context = bundle.task.prepare(obs.to(dev), bundle.num_frames)
+            x0 = sample(bundle.model_fn(x1, generator=generator, context=context), x1,
+                        bundle.bridge, timesteps, generator=generator)
         return x0.float().clamp(-1, 1).cpu()
 
     return fn
@@ -164,13 +166,15 @@ def _restore_video(input, output, model, task: str, kind: str,
                    plan: Callable[[InferenceBundle], _Passes], *, steps: int | None,
                    sampler: str | None, device: str, precision: str, overlap: int | None,
                    tile: int | None, batch: int, scene_cuts: bool, seed: int, compile: bool,
-                   progress: bool, progress_label: str) -> RunSummary:
+                   progress: bool, progress_label: str, crf: int,
+                   lossless: bool) -> RunSummary:
     """The one body of the video-to-video commands; ``plan(bundle)`` is what tells them apart.
 
     Opens ``input`` before loading the model, so a bad file fails fast; checks the model is
     a ``task`` model; runs ``plan``'s passes over the stream, shot by shot; writes ``output``
-    at the new rate with the input's audio. With a frame-rate factor the input frames are
-    kept exactly (they are the keyframes).
+    at the new rate with the input's audio, at ``crf`` or ``lossless`` (the writer's). With
+    a frame-rate factor the input frames are kept exactly (they are the keyframes), so a
+    lossless output gives them back bit for bit.
     """
     started = time.perf_counter()
     warn = RepairCounter()
@@ -194,7 +198,8 @@ def _restore_video(input, output, model, task: str, kind: str,
             stream = restore_stream(stream, blender, SceneCutDetector(enabled=scene_cuts))
         if progress:
             stream = with_progress(stream, len(indices) * rate_gain, progress_label)
-        frames_out = write_counted(stream, output, fps * rate_gain, audio_from=input)
+        frames_out = write_counted(stream, output, fps * rate_gain, audio_from=input, crf=crf,
+                                   lossless=lossless)
     return _summary(input, output, len(indices), frames_out, started, model, bundle, steps,
                     sampler, warn.count, progress)
 
@@ -203,12 +208,15 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
                 model="default-interp", steps: int | None = None, sampler: str | None = None,
                 device: str = "cpu", precision: str = "fp32", *, overlap: int | None = None,
                 tile: int | None = None, batch: int = 1, scene_cuts: bool = True,
-                seed: int = 0, compile: bool = False, progress: bool = True) -> RunSummary:
+                seed: int = 0, compile: bool = False, progress: bool = True,
+                crf: int = DEFAULT_CRF, lossless: bool = False) -> RunSummary:
     """Multiply the frame rate of ``input`` by ``factor``; writes ``output`` atomically.
 
     Same duration, fps x ``factor``, audio copied, input frames kept exactly, shots never
     blended across cuts. A model trained for x2 reaches x4/x8 by repeated passes.
     ``overlap`` counts input frames shared by neighbouring windows (default: half).
+    ``crf``: x264 quality of the output (0-51, lower is better); ``lossless``: RGB-exact
+    output instead (``crf`` then does not apply).
     """
     if factor not in (2, 4, 8):
         raise ValueError(f"factor: expected 2, 4 or 8, got {factor!r}")
@@ -221,17 +229,18 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
                           steps=steps, sampler=sampler, device=device, precision=precision,
                           overlap=overlap, tile=tile, batch=batch, scene_cuts=scene_cuts,
                           seed=seed, compile=compile, progress=progress,
-                          progress_label="interpolate")
+                          progress_label="interpolate", crf=crf, lossless=lossless)
 
 
 def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | None = None,
             model=None, steps: int | None = None, sampler: str | None = None,
             device: str = "cpu", precision: str = "fp32", *, overlap: int | None = None,
             tile: int | None = None, batch: int = 1, seed: int = 0, compile: bool = False,
-            progress: bool = True) -> RunSummary:
+            progress: bool = True, crf: int = DEFAULT_CRF, lossless: bool = False) -> RunSummary:
     """Upscale every frame of ``input`` by ``scale`` (default: the model's) with a VSR model.
 
     Image super-resolution models are VSR models of one frame and run the same way.
+    ``crf``/``lossless``: the output's quality, as for :func:`interpolate`.
     """
     if model is None:
         raise ValueError("model: upscaling needs a trained super-resolution model (--model)")
@@ -245,18 +254,20 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
                           steps=steps, sampler=sampler, device=device, precision=precision,
                           overlap=overlap, tile=tile, batch=batch, scene_cuts=True,
                           seed=seed, compile=compile, progress=progress,
-                          progress_label="upscale")
+                          progress_label="upscale", crf=crf, lossless=lossless)
 
 
 def image_to_video(image: str | os.PathLike, output: str | os.PathLike,
                    frames: int | None = None, fps: float = 8.0, model=None,
                    steps: int | None = None, sampler: str | None = None, device: str = "cpu",
                    precision: str = "fp32", *, tile: int | None = None, seed: int = 0,
-                   compile: bool = False, progress: bool = True) -> RunSummary:
+                   compile: bool = False, progress: bool = True, crf: int = DEFAULT_CRF,
+                   lossless: bool = False) -> RunSummary:
     """Animate ``image`` into ``frames`` frames (default: the model's clip length).
 
     Longer videos chain windows: each new window starts from the last frame generated, so
     consecutive windows share one frame exactly instead of cutting.
+    ``crf``/``lossless``: the output's quality, as for :func:`interpolate`.
     """
     if model is None:
         raise ValueError("model: image-to-video needs a trained i2v model (--model)")
@@ -288,7 +299,8 @@ def image_to_video(image: str | os.PathLike, output: str | os.PathLike,
     stream: Iterable[Tensor] = generate()
     if progress:
         stream = with_progress(stream, frames, "i2v")
-    frames_out = write_counted(stream, output, fps, audio_from=None)
+    frames_out = write_counted(stream, output, fps, audio_from=None, crf=crf,
+                               lossless=lossless)
     return _summary(image, output, 1, frames_out, started, model, bundle, steps, sampler, 0,
                     progress)
 
@@ -297,11 +309,13 @@ def sample_files(run_dir: str | os.PathLike, input: str | os.PathLike,
                  output_dir: str | os.PathLike, steps: int | None = None,
                  sampler: str | None = None, device: str = "cpu",
                  precision: str = "fp32", *, tile: int | None = None, seed: int = 0,
-                 compile: bool = False) -> list[Path]:
+                 compile: bool = False, crf: int = DEFAULT_CRF,
+                 lossless: bool = False) -> list[Path]:
     """Run a trained model on a file or every video/image in a folder (``tcvbm sample``).
 
     The run's own task decides the command: interpolation at the model's factor,
-    upscaling at its scale, image-to-video from images; outputs are named after inputs.
+    upscaling at its scale, image-to-video from images; outputs are named after inputs
+    (``.mp4``, which holds the lossless encoding too).
     """
     bundle = resolve_bundle(run_dir)
     root = Path(input)
@@ -318,7 +332,7 @@ def sample_files(run_dir: str | os.PathLike, input: str | os.PathLike,
     out_dir.mkdir(parents=True, exist_ok=True)
     name = bundle.task.name
     common = dict(steps=steps, sampler=sampler, device=device, precision=precision, tile=tile,
-                  seed=seed, compile=compile)
+                  seed=seed, compile=compile, crf=crf, lossless=lossless)
     written = []
     for path in files:
         target = out_dir / f"{path.stem}.mp4"

@@ -18,22 +18,24 @@ runs a trained model (pipeline, evaluation, the command line) goes through
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
+from tcvbm.atomic import AtomicPath
 from tcvbm.bridges import Bridge
 from tcvbm.tasks import Task, task_from_config
 
+if TYPE_CHECKING:
+    from tcvbm.train.objectives import SampleRandom
+
 __all__ = ["InferenceBundle", "save_bundle", "load_bundle", "draw_model_noise", "BUNDLE_FILE",
            "KINDS", "SHIPPED", "WEIGHTS_DIR", "model_dir", "checkpoints_dir", "list_checkpoints",
-           "latest_checkpoint", "checkpoint_step", "replace_dir"]
+           "latest_checkpoint", "checkpoint_step"]
 
 BUNDLE_FILE = "tcvbm.json"
 KINDS = ("bridge", "generator")
@@ -74,31 +76,27 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Atomically put the finished directory ``tmp`` at ``final`` (same file system).
-
-    A reader sees either the old directory or the new one, never a half-written one: the
-    old one is first renamed aside, then ``tmp`` renamed into place, then the old removed.
-    """
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def draw_model_noise(model: nn.Module, like: Tensor,
-                     generator: torch.Generator | None = None) -> Tensor | None:
-    """Fresh noise ``z`` for a generator's extra input channels (None for a plain model)."""
+                     random: torch.Generator | SampleRandom) -> Tensor | None:
+    """Fresh noise ``z`` for a generator's extra input channels (None for a plain model).
+
+    The one place such noise is drawn, always from the randomness passed in and never from
+    torch's global generator, so every output can be reproduced from its seed: inference
+    passes the sampler's ``torch.Generator``, training a
+    :class:`~tcvbm.train.objectives.SampleRandom`, which draws each sample's ``z`` from that
+    sample's own stream. ``like`` is the model's ``x_t`` (B, C, N, H, W); ``z`` is
+    (B, noise_channels, N, H, W) on its device and in its dtype.
+    """
     k = int(getattr(model.config, "noise_channels", 0) or 0)
     if k == 0:
         return None
-    shape = (like.shape[0], k, *like.shape[2:])
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    per_sample = (k, *like.shape[2:])
+    if isinstance(random, torch.Generator):
+        z = torch.randn((like.shape[0], *per_sample), generator=random, device=random.device,
+                        dtype=like.dtype)
+    else:
+        z = random.randn(*per_sample)
+    return z.to(device=like.device, dtype=like.dtype)
 
 
 @dataclass
@@ -114,16 +112,21 @@ class InferenceBundle:
     steps: int
     kind: str
 
-    def model_fn(self, x1: Tensor, generator: torch.Generator | None = None) -> ModelFn:
-        """``model_fn(x_t, t) -> x0_hat`` for the samplers, bound to the source ``x1``.
+    def model_fn(self, x1: Tensor, generator: torch.Generator,
+                 context: Tensor | None = None) -> ModelFn:
+        """``model_fn(x_t, t) -> x0_hat`` for the samplers, bound to the source ``x1`` and
+        the ``context`` that the bundle's task prepared with it
+        (:meth:`tcvbm.tasks.Task.prepare`; None for a task without one).
 
-        A generator gets a fresh noise ``z`` at every call (drawn from ``generator`` when
-        given), exactly as it was trained.
+        A distilled generator gets a fresh noise ``z`` from ``generator`` at every call,
+        exactly as it was trained; pass the sampler the same ``generator`` and one seed
+        fixes the whole sample.
         """
         model = self.model
 
         def fn(x_t: Tensor, t: Tensor) -> Tensor:
-            return model(x_t, t, cond=x1, noise=draw_model_noise(model, x_t, generator))
+            return model(x_t, t, cond=x1, context=context,
+                         noise=draw_model_noise(model, x_t, generator))
 
         return fn
 
@@ -140,18 +143,13 @@ def save_bundle(dir: str | Path, model: nn.Module, bridge: Bridge, task: Task, n
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-    final = Path(dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
     meta = {"kind": kind, "task": task.to_config(), "bridge": bridge.to_config(),
             "num_frames": int(num_frames), "size": [int(s) for s in size],
             "sampler": sampler, "steps": int(steps)}
-    (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    replace_dir(tmp, final)
-    return final
+    with AtomicPath(dir, directory=True) as staged:
+        model.save_pretrained(staged)
+        (staged / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return Path(dir)
 
 
 def _bundle_dir(path: str | Path) -> Path:

@@ -4,11 +4,13 @@ Each task splits that into two steps so that training and inference share one co
 
 * ``degrade(x0)`` gives what a user actually has (keyframes, a first frame, a low-resolution
   clip, a blurred or noisy clip);
-* ``lift(observation, num_frames)`` turns that observation into the source clip in model
-  space (same frame count and size as ``X_0``).
+* ``prepare(observation, num_frames)`` turns that observation into the source clip in model
+  space (same frame count and size as ``X_0``) and, for a task that has one, a *context*:
+  extra per-frame channels a model reads beside the source (None otherwise). ``lift`` is
+  the source alone.
 
-Training calls ``task(x0)`` (both steps); inference calls ``lift`` on real input. Images are
-clips with one frame and go through the same functions.
+Training calls ``task(x0)`` (both steps); inference calls ``prepare`` on real input. Images
+are clips with one frame and go through the same functions.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class TaskSample(NamedTuple):
     source: Tensor       # X_1, (B, C, N, H, W)
     mask: Tensor         # (B, 1, N, 1, 1) bool: frames of X_0 that the source carries exactly
     observation: Tensor  # what degrade() returned
+    context: Tensor | None = None  # (B, Task.context_channels, N, H, W), or None
 
 
 def _check_clip(name: str, x: Tensor) -> None:
@@ -47,15 +50,26 @@ def _per_frame(fn, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Task:
-    """Base class: subclasses define ``degrade``, ``lift`` and ``known_frames``."""
+    """Base class: subclasses define ``degrade``, ``lift`` and ``known_frames``; a task with
+    a context defines ``prepare`` (and ``lift`` as its source)."""
 
     name: ClassVar[str]
+
+    @property
+    def context_channels(self) -> int:
+        """Channels of the context :meth:`prepare` returns (0: it returns None)."""
+        return 0
 
     def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
         raise NotImplementedError
+
+    def prepare(self, observation: Tensor, num_frames: int) -> tuple[Tensor, Tensor | None]:
+        """The source clip and the context from one observation (one pass: a context built
+        from the same optical flow as the source costs no second flow)."""
+        return self.lift(observation, num_frames), None
 
     def known_frames(self, num_frames: int) -> Tensor:
         """(N,) bool: frames the source carries exactly (none by default)."""
@@ -65,9 +79,10 @@ class Task:
         _check_clip("x0", x0)
         num_frames = x0.shape[2]
         observation = self.degrade(x0, generator)
-        source = self.lift(observation, num_frames)
+        source, context = self.prepare(observation, num_frames)
         mask = self.known_frames(num_frames).to(x0.device).view(1, 1, num_frames, 1, 1)
-        return TaskSample(source, mask.expand(x0.shape[0], -1, -1, -1, -1), observation)
+        return TaskSample(source, mask.expand(x0.shape[0], -1, -1, -1, -1), observation,
+                          context)
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self)}
@@ -83,17 +98,50 @@ class FrameInterpolation(Task):
     the closer one (the earlier one on a tie), ``"flow"`` warps both along OpenCV DIS
     optical flow (classical interpolation, :mod:`tcvbm.flow`): a source that already
     follows the motion leaves the bridge only flow's errors to correct.
+
+    ``context=True`` (mode ``"flow"`` only) keeps what the flow source mixes apart, so that
+    a model can tell which keyframe to trust where the two disagree (occlusions, flow
+    failures). Per frame, with ``tau`` in [0, 1] its time between its two keyframes, the
+    :data:`CONTEXT_CHANNELS` channels of RGB clips are:
+
+    * 0-2: ``A``, the left keyframe backward-warped to the frame's time;
+    * 3-5: ``B``, the right keyframe warped there;
+    * 6: ``1 - tau``, the weight of ``A`` in the source ``(1 - tau) A + tau B``; it also
+      tells the model each frame's time position;
+    * 7-8 and 9-10: the flows (x, y) from the frame to its left and right keyframe, divided
+      by :data:`FLOW_SCALE` pixels so that they are of order one;
+    * 11: ``|A - B|`` averaged over channels, where the candidates disagree.
+
+    Keyframes (and frames after the last one) have ``A = B =`` the frame, weight 1 and zero
+    flows. The fusion output of :class:`tcvbm.models.VideoBackbone` reads channels 0-6.
     """
 
     factor: int = 2
     mode: str = "blend"
+    context: bool = False
     name: ClassVar[str] = "interp"
+    CONTEXT_CHANNELS: ClassVar[int] = 12
+    FLOW_SCALE: ClassVar[float] = 32.0
 
     def __post_init__(self) -> None:
         if self.factor not in (2, 4, 8):
             raise ValueError(f"factor: expected 2, 4 or 8, got {self.factor!r}")
         if self.mode not in ("blend", "nearest", "flow"):
             raise ValueError(f"mode: expected 'blend', 'nearest' or 'flow', got {self.mode!r}")
+        if not isinstance(self.context, bool) or (self.context and self.mode != "flow"):
+            raise ValueError(f"context: true needs mode 'flow' (the context is flow's "
+                             f"candidates), got context={self.context!r}, mode={self.mode!r}")
+
+    @property
+    def context_channels(self) -> int:
+        return self.CONTEXT_CHANNELS if self.context else 0
+
+    def to_config(self) -> dict[str, Any]:
+        """Without ``context`` when it is off: the format bundles saved before it existed."""
+        config = super().to_config()
+        if not self.context:
+            del config["context"]
+        return config
 
     def num_keyframes(self, num_frames: int) -> int:
         return (num_frames - 1) // self.factor + 1
@@ -103,6 +151,9 @@ class FrameInterpolation(Task):
         return x0[:, :, :: self.factor]
 
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
+        return self.prepare(observation, num_frames)[0]
+
+    def prepare(self, observation: Tensor, num_frames: int) -> tuple[Tensor, Tensor | None]:
         _check_clip("observation", observation)
         k = observation.shape[2]
         if k != self.num_keyframes(num_frames):
@@ -116,13 +167,50 @@ class FrameInterpolation(Task):
         alpha = torch.where(right == left, torch.zeros_like(alpha), alpha)
         if self.mode == "nearest":
             alpha = (alpha > 0.5).to(observation.dtype)
-        alpha = alpha.view(1, 1, num_frames, 1, 1)
-        blended = (1 - alpha) * observation[:, :, left] + alpha * observation[:, :, right]
+        mix = alpha.view(1, 1, num_frames, 1, 1)
+        blended = (1 - mix) * observation[:, :, left] + mix * observation[:, :, right]
         if self.mode == "flow":
-            from tcvbm.flow import fill_between_keyframes  # OpenCV: only for this mode
+            return self._flow(observation, blended, alpha)
+        return blended, None
 
-            return fill_between_keyframes(blended, observation, self.factor)
-        return blended
+    def _flow(self, observation: Tensor, blended: Tensor,
+              tau: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The flow source, and the context (class docstring) when it is asked for.
+
+        Frames with two distinct keyframes (``tau > 0``) are flow's; the others keep
+        ``blended`` (their keyframe). Computed on the CPU, returned on ``observation``'s
+        device and in its dtype.
+        """
+        from tcvbm.flow import warp_candidates  # OpenCV: only for this mode
+
+        b, c, k, h, w = observation.shape
+        keys = (observation.detach().float().clamp(-1, 1).cpu() + 1) / 2
+        times = torch.arange(1, self.factor) / self.factor
+        pairs = warp_candidates(keys[:, :, :-1].transpose(1, 2).reshape(-1, c, h, w),
+                                keys[:, :, 1:].transpose(1, 2).reshape(-1, c, h, w),
+                                times.tolist())
+
+        def frames(x: Tensor) -> Tensor:
+            """(B (K-1), T, ch, H, W) -> (B, ch, (K-1) T, H, W): pair k, time j is frame kf + j."""
+            return x.reshape(b, (k - 1) * x.shape[1], *x.shape[2:]).transpose(1, 2)
+
+        between = (tau > 0).cpu()
+        t = times.view(1, -1, 1, 1, 1)
+        source = blended.detach().float().cpu().clone()
+        source[:, :, between] = frames((1 - t) * pairs.left + t * pairs.right) * 2 - 1
+        source = source.clamp(-1, 1)
+        context = None
+        if self.context:
+            cand_a, cand_b = source.clone(), source.clone()
+            cand_a[:, :, between] = (frames(pairs.left) * 2 - 1).clamp(-1, 1)
+            cand_b[:, :, between] = (frames(pairs.right) * 2 - 1).clamp(-1, 1)
+            flows = torch.zeros(b, 4, source.shape[2], h, w)
+            flows[:, :, between] = frames(torch.cat([pairs.left_flow, pairs.right_flow], 2))
+            prior = (1 - tau).float().cpu().view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
+            context = torch.cat([cand_a, cand_b, prior, flows / self.FLOW_SCALE,
+                                 (cand_a - cand_b).abs().mean(1, keepdim=True)], dim=1)
+            context = context.to(device=observation.device, dtype=observation.dtype)
+        return source.to(device=observation.device, dtype=observation.dtype), context
 
     def known_frames(self, num_frames: int) -> Tensor:
         return torch.arange(num_frames) % self.factor == 0

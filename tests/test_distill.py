@@ -17,13 +17,13 @@ from test_train import FRAMES, SIZE, TINY_MODEL, Clips, bridge_matching, tiny_cf
 from tcvbm.bridges import Bridge
 from tcvbm.config import load_config
 from tcvbm.models import create
-from tcvbm.runs import load_bundle, save_bundle
+from tcvbm.runs import draw_model_noise, load_bundle, save_bundle
 from tcvbm.samplers import get_sampler, get_timesteps
 from tcvbm.tasks import get_task
-from tcvbm.train.loop import fit
 from tcvbm.train.objectives import (InverseDistillation, SampleRandom, TimeSampler, Weighting,
                                     frozen, generator_loss)
 from tcvbm.train.run import distill, distillation_objective
+from tcvbm.train.run import fit_objective as fit
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,6 +63,43 @@ def test_generator_starts_exactly_at_teacher_t1_prediction(tmp_path: Path, steps
     assert torch.equal(fake, teacher)
 
 
+def test_a_fusion_teacher_is_distilled_with_its_task_context(tmp_path: Path) -> None:
+    """Teacher, fake model and generator all read the context of the step's sources: the
+    generator starts at the teacher's t = 1 prediction, and a fake and a generator step run
+    and train the generator."""
+    task = get_task("interp", factor=2, mode="flow", context=True)
+    torch.manual_seed(0)
+    model = create("unet-tiny", **TINY_MODEL, context_channels=task.context_channels,
+                   fusion=True)
+    with torch.no_grad():
+        for p in model.out.parameters():
+            p.normal_(0.0, 0.05)
+    save_bundle(tmp_path / "teacher" / "model", model, Bridge(FRAMES), task, FRAMES,
+                [SIZE, SIZE], "stochastic", 4)
+    objective = distillation_objective(load_config("distill-tiny", [
+        f"teacher={tmp_path / 'teacher'}", f"output_dir={tmp_path / 'student'}"]))
+    x0 = Clips(2).clips
+    sample = objective.task(x0)
+    rng = SampleRandom(0, 0, [0, 1], 2)
+    rng.randint_shared = lambda high: 0  # type: ignore[method-assign]  # the t = 1 grid point
+    with torch.no_grad():
+        student = objective.generate(objective.generator, sample.source, rng, sample.context)
+        teacher = objective.teacher(sample.source, torch.ones(2), cond=sample.source,
+                                    context=sample.context)
+    assert torch.equal(student, teacher) and not torch.equal(teacher, sample.source)
+    nets = {"generator": objective.generator, "fake": objective.fake}
+    fake = objective.loss("fake", nets, x0, SampleRandom(0, 0, [0, 1], 2))
+    fake.loss.backward()
+    with torch.no_grad():  # make the fake differ from the teacher, as it does after training
+        for p in objective.fake.out.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    with frozen(objective.fake):
+        gen = objective.loss("generator", nets, x0, SampleRandom(0, 5, [0, 1], 2))
+        gen.loss.backward()
+    assert torch.isfinite(fake.loss) and torch.isfinite(gen.loss)
+    assert objective.generator.out[2].weight.grad.abs().sum() > 0
+
+
 class Tap(nn.Module):
     """Records the input a frozen network is called with, to read its gradient."""
 
@@ -70,10 +107,10 @@ class Tap(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x_t, t, cond=None):
+    def forward(self, x_t, t, cond=None, context=None):
         x_t.retain_grad()
         self.seen = x_t
-        return self.inner(x_t, t, cond=cond)
+        return self.inner(x_t, t, cond=cond, context=context)
 
 
 def test_generator_gradient_passes_through_frozen_teacher_and_fake(tmp_path: Path) -> None:
@@ -106,7 +143,7 @@ class GaussianDenoiser(nn.Module):
         super().__init__()
         self.mean, self.var, self.eps = mean, var, eps
 
-    def forward(self, x_t, t, cond=None):
+    def forward(self, x_t, t, cond=None, context=None):
         t = t.view(-1, 1, 1, 1, 1)
         a, v = 1 - t, self.eps * t * (1 - t)
         k = a * self.var / (a * a * self.var + v)
@@ -160,10 +197,12 @@ def test_distillation_moves_generator_to_teacher_and_its_loss_goes_down(tmp_path
     objective = InverseDistillation(teacher, copy.deepcopy(teacher), generator, teach.bridge,
                                     teach.task, TimeSampler(), Weighting(), lr=3e-3, fake_lr=1e-2)
     x1 = teach.task(data.clips).source
+    z = draw_model_noise(generator, x1, torch.Generator().manual_seed(0))
 
     def distance() -> float:
         with torch.no_grad():
-            return float((generator(x1, torch.ones(1), cond=x1) - data.clips).pow(2).mean())
+            out = generator(x1, torch.ones(1), cond=x1, noise=z)
+            return float((out - data.clips).pow(2).mean())
 
     before = distance()
     result = fit(objective, data, tiny_cfg(tmp_path / "student", 120))
@@ -220,7 +259,7 @@ class Affine(nn.Module):
         self.config = SimpleNamespace(noise_channels=0)
         self.calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
 
-    def forward(self, x_t, t, cond=None, noise=None):
+    def forward(self, x_t, t, cond=None, context=None, noise=None):
         self.calls.append((x_t.detach().clone(), t.detach().clone(), torch.is_grad_enabled()))
         return self.gain * x_t + self.shift * cond + t.view(-1, 1, 1, 1, 1)
 
@@ -235,7 +274,7 @@ def affine_distillation(sampler: str = "stochastic", steps: int = 1, alpha: floa
 
 
 @pytest.mark.parametrize("steps", [2, 4])
-@pytest.mark.parametrize("sampler", ["stochastic", "posterior-mean"])
+@pytest.mark.parametrize("sampler", ["stochastic", "posterior-mean", "deterministic"])
 def test_few_step_student_rollout_follows_the_sampler(sampler: str, steps: int) -> None:
     """Rolled to its deepest grid point, the student sees the times and states the sampler
     of the same name gives the same network (with the same bridge noise), and only its
@@ -261,6 +300,56 @@ def test_few_step_student_rollout_follows_the_sampler(sampler: str, steps: int) 
     assert x0.requires_grad
     last_x, last_t, _ = rollout[-1]
     torch.testing.assert_close(x0.detach(), student(last_x, last_t, cond=x1).detach())
+
+
+class NoisyAffine(Affine):
+    """:class:`Affine` with one noise channel, so that its output shows the noise it got."""
+
+    def __init__(self, gain: float, shift: float) -> None:
+        super().__init__(gain, shift)
+        self.config = SimpleNamespace(noise_channels=1)
+
+    def forward(self, x_t, t, cond=None, context=None, noise=None):
+        return super().forward(x_t, t, cond) + 0.1 * noise
+
+
+@pytest.mark.parametrize("sampler", ["stochastic", "deterministic"])
+def test_student_noise_comes_from_each_samples_own_stream(sampler: str) -> None:
+    """The generator's noise and the rollout's step noise of a sample are the same whether
+    it is drawn in a batch of two or on its own (as on two processes)."""
+    objective = affine_distillation(sampler, 3)
+    objective.generator = NoisyAffine(0.8, 0.1)
+    x1 = objective.task(Clips(2).clips).source
+    depths = set()
+    for step in range(6):
+        objective.generator.calls = []
+        with torch.no_grad():
+            both = objective.generate(objective.generator, x1, SampleRandom(0, step, [0, 1], 2))
+            apart = [objective.generate(objective.generator, x1[i:i + 1],
+                                        SampleRandom(0, step, [i], 2)) for i in range(2)]
+        torch.testing.assert_close(both, torch.cat(apart), rtol=0, atol=1e-6)
+        assert not torch.allclose(both[0], both[1])
+        depths.add(len(objective.generator.calls) // 3)
+    assert depths > {1}  # some steps rolled the student out
+
+
+def test_objectives_check_their_settings_with_the_config_rules() -> None:
+    """Built in code, the objectives refuse what a config may not hold, naming its key."""
+    with pytest.raises(ValueError, match="loss.t_sampling"):
+        TimeSampler("sometimes")
+    with pytest.raises(ValueError, match="loss.t_min/t_max"):
+        TimeSampler(t_min=0.5, t_max=0.4)
+    with pytest.raises(ValueError, match="loss.weighting"):
+        Weighting("max-snr")
+    with pytest.raises(ValueError, match="distill.student_sampler"):
+        affine_distillation("euler")
+    with pytest.raises(ValueError, match="distill.beta"):
+        affine_distillation(alpha=1.0, beta=0.5)
+
+
+def test_a_bad_student_sampler_fails_at_config_load() -> None:
+    with pytest.raises(ValueError, match=r"config: distill\.student_sampler must be one of"):
+        load_config("distill-tiny", ["distill.student_sampler=euler"])
 
 
 def test_few_step_student_stops_at_every_grid_point_but_zero() -> None:

@@ -150,6 +150,17 @@ def test_add_noise_channels(name, tmp_path):
             m(x, t, cond=x, noise=z[:, :2])
 
 
+def test_a_model_with_noise_channels_needs_its_noise_and_never_draws_it():
+    """Noise a model drew itself could not be reproduced from any seed the caller holds."""
+    m = build("unet-tiny").eval()
+    m.add_noise_channels(2)
+    x = clip(n=2, h=16, w=16)
+    state = torch.random.get_rng_state()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"UNetVideo has 2 noise channels"):
+        m(x, torch.ones(1), cond=x)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(2)
@@ -226,6 +237,64 @@ def test_input_validation(model):
         model(x, torch.rand(3), cond=x)
     with pytest.raises(ValueError, match="noise"):
         model(x, t, cond=x, noise=torch.randn(1, 1, 2, 24, 40))
+
+
+@pytest.mark.parametrize("name", ["unet-tiny", "dit-tiny"])
+def test_context_channels_are_read_after_the_source_and_round_trip(name, tmp_path):
+    """A task's context enters after the source and before the noise: it changes the output,
+    is required exactly as configured, survives save/load, and noise channels added later
+    still start at zero."""
+    m = perturb(create(name, context_channels=5)).eval()
+    x, t = clip(n=3), torch.full((1,), 0.6)
+    ctx = torch.randn(1, 5, 3, 24, 40, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        out = m(x, t, cond=x, context=ctx)
+        assert not torch.allclose(out, m(x, t, cond=x, context=-ctx))
+        m.save_pretrained(tmp_path)
+        loaded = load_pretrained(tmp_path).eval()
+        assert loaded.config.context_channels == 5 and not loaded.config.fusion
+        assert torch.equal(loaded(x, t, cond=x, context=ctx), out)
+        m.add_noise_channels(2)
+        z = torch.randn(1, 2, 3, 24, 40)
+        torch.testing.assert_close(m(x, t, cond=x, context=ctx, noise=z), out, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"^context: this \w+ reads 5 context channels"):
+        loaded(x, t, cond=x)
+    with pytest.raises(ValueError, match=r"^context: this \w+ reads 5"):
+        loaded(x, t, cond=x, context=ctx[:, :4])
+    with pytest.raises(ValueError, match=r"^context: given to a \w+ without context channels"):
+        build(name)(x, t, cond=x, context=ctx)
+
+
+@pytest.mark.parametrize("name", ["unet-tiny", "dit-tiny"])
+def test_fusion_mixes_the_context_candidates_and_round_trips(name, tmp_path):
+    """x0 = B + m (A - B) + r with m = sigmoid(logit(w) + l), w clamped away from 0 and 1: a
+    network that outputs l = 0 and r = 0 gives the prior mix, and a trained one saves and
+    loads as it computes."""
+    x = clip(n=3)
+    a, b = clip(n=3, seed=1), clip(n=3, seed=2)
+    w = torch.rand(1, 1, 3, 24, 40, generator=torch.Generator().manual_seed(3))
+    ctx = torch.cat([a, b, w], dim=1)
+    m = create(name, context_channels=7, fusion=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, torch.rand(1), cond=x, context=ctx),
+                                   b + w.clamp(1e-3, 1 - 1e-3) * (a - b), atol=1e-6, rtol=0)
+        perturb(m)
+        m.save_pretrained(tmp_path)
+        loaded = load_pretrained(tmp_path).eval()
+        assert loaded.config.fusion and loaded.config.context_channels == 7
+        t = torch.full((1,), 0.5)
+        assert torch.equal(loaded(x, t, cond=x, context=ctx), m(x, t, cond=x, context=ctx))
+
+
+def test_fusion_needs_its_candidates_and_a_residual():
+    with pytest.raises(ValueError, match="context_channels must be >= 7"):
+        create("unet-tiny", context_channels=6, fusion=True)
+    with pytest.raises(ValueError, match="predict_residual"):
+        create("dit-tiny", context_channels=7, fusion=True, predict_residual=False)
+    with pytest.raises(ValueError, match="out_channels == in_channels"):
+        create("unet-tiny", context_channels=7, fusion=True, out_channels=1)
+    with pytest.raises(ValueError, match="context_channels must be >= 0"):
+        create("unet-tiny", context_channels=-1)
 
 
 def test_full_space_time_attention():

@@ -36,7 +36,7 @@ class SourceModel(nn.Module):
     config = SimpleNamespace(noise_channels=0)
     multiple = 8
 
-    def forward(self, x_t, t, cond=None, noise=None):
+    def forward(self, x_t, t, cond=None, context=None, noise=None):
         return cond
 
 
@@ -296,7 +296,7 @@ def test_failure_leaves_nothing_half_written(tmp_path):
     class Broken(SourceModel):
         calls = 0
 
-        def forward(self, x_t, t, cond=None, noise=None):
+        def forward(self, x_t, t, cond=None, context=None, noise=None):
             Broken.calls += 1
             if Broken.calls > 1:
                 raise RuntimeError("out of memory")

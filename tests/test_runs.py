@@ -59,3 +59,38 @@ def test_a_bundle_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [p.name for p in where.parent.iterdir()] == ["model"]
     assert not (where / "half-written").exists()
     assert load_bundle(where).steps == 2
+
+
+REFERENCE = Path(__file__).parent / "data" / "shipped-model-outputs.pt"
+
+
+def test_bundles_saved_before_the_context_load_and_compute_what_they_did() -> None:
+    """The shipped models predate context channels and fusion: they load with both off and
+    give the outputs recorded (``REFERENCE``) before either existed, on a fixed input."""
+    reference = torch.load(REFERENCE)
+    for name, want in reference.items():
+        bundle = load_bundle(name)
+        assert bundle.model.config.context_channels == 0 and not bundle.model.config.fusion
+        assert bundle.task.context_channels == 0
+        g = torch.Generator().manual_seed(0)
+        x_t, cond = (torch.rand(1, 3, 3, 16, 16, generator=g) * 2 - 1 for _ in range(2))
+        k = bundle.model.config.noise_channels
+        z = torch.randn(1, k, 3, 16, 16, generator=g) if k else None
+        with torch.no_grad():
+            out = bundle.model(x_t, torch.tensor([0.7]), cond=cond, noise=z)
+        torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+
+
+def test_a_bundle_keeps_its_task_context_and_its_model_fn_passes_it(tmp_path: Path) -> None:
+    task = get_task("interp", factor=2, mode="flow", context=True)
+    torch.manual_seed(0)
+    model = create("unet-tiny", **TINY_MODEL, context_channels=task.context_channels,
+                   fusion=True)
+    save_bundle(tmp_path / "model", model, Bridge(5), task, 5, [16, 16], "posterior-mean", 1)
+    bundle = load_bundle(tmp_path / "model")
+    assert bundle.task == task and bundle.model.config.fusion
+    x0 = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    x1, context = task.prepare(task.degrade(x0), 5)
+    with torch.no_grad():
+        out = bundle.model_fn(x1, torch.Generator(), context)(x1, torch.ones(1))
+    torch.testing.assert_close(out, x1, atol=1e-6, rtol=0)

@@ -235,3 +235,74 @@ def test_config_round_trip_and_errors() -> None:
         get_task("i2v", factor=2)
     with pytest.raises(ValueError, match="^x0"):
         get_task("interp")(torch.zeros(3, 9, 4, 4))
+
+
+# ---- frame interpolation's flow context ------------------------------------------------
+
+
+def drifting_texture(frames: int, shift: int = 3) -> Tensor:
+    """(1, 3, frames, 48, 64): a smooth texture whose content moves ``shift`` px left a frame,
+    with values that a round trip through [0, 1] (as OpenCV sees frames) does not keep."""
+    g = torch.Generator().manual_seed(0)
+    texture = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 48, 64 + shift * frames,
+                                                        generator=g), 5, 1, 2) * 1.8 - 0.9
+    return torch.stack([texture[..., shift * i: shift * i + 64] for i in range(frames)], dim=2)
+
+
+@pytest.mark.parametrize("factor,frames,shift", [(2, 5, 3), (2, 6, 3), (4, 9, 1), (4, 11, 1)])
+def test_flow_context_holds_both_candidates_their_weight_and_flows(factor: int, frames: int,
+                                                                   shift: int) -> None:
+    """Per frame: the two warped keyframes that the flow source mixes by (1 - tau, tau), the
+    weight 1 - tau, the flows back to both keyframes in units of FLOW_SCALE pixels, and
+    where the candidates disagree. Keyframes and the frames held after the last one carry
+    the frame twice, weight 1 and no motion. N need not be a multiple of the factor (DIS
+    follows this texture up to about 6 px between keyframes)."""
+    task = get_task("interp", factor=factor, mode="flow", context=True)
+    x0 = drifting_texture(frames, shift)
+    out = task(x0)
+    assert task.context_channels == task.CONTEXT_CHANNELS == 12
+    assert out.context.shape == (1, 12, frames, 48, 64)
+    assert torch.equal(out.source, get_task("interp", factor=factor, mode="flow")(x0).source)
+    a, b, weight = out.context[:, 0:3], out.context[:, 3:6], out.context[:, 6:7]
+    flow_a, flow_b, differ = out.context[:, 7:9], out.context[:, 9:11], out.context[:, 11:]
+    last = (frames - 1) // factor * factor
+    tau = torch.tensor([0.0 if i >= last else i % factor / factor for i in range(frames)])
+    assert torch.equal(weight, (1 - tau).view(1, 1, -1, 1, 1).expand_as(weight))
+    torch.testing.assert_close(weight * a + (1 - weight) * b, out.source, atol=1e-6, rtol=0)
+    torch.testing.assert_close(differ, (a - b).abs().mean(1, keepdim=True))
+    held = tau == 0
+    assert torch.equal(a[:, :, held], out.source[:, :, held])
+    assert torch.equal(b[:, :, held], out.source[:, :, held])
+    assert not flow_a[:, :, held].any() and not flow_b[:, :, held].any()
+    inner = (slice(None), slice(None), ~held, slice(12, -12), slice(12, -12))
+    left = x0[:, :, torch.arange(frames) // factor * factor]
+    for candidate in (a, b):  # warped: far nearer the frame than a keyframe is
+        assert (candidate - x0)[inner].abs().mean() < 0.25 * (left - x0)[inner].abs().mean()
+    # frame kf + j shows keyframe k at x + shift j and keyframe k + 1 at x - shift (f - j)
+    steps = (tau * factor)[~held].view(1, -1, 1, 1)
+    scale = task.FLOW_SCALE
+    want_a, want_b = shift * steps / scale, -shift * (factor - steps) / scale
+    assert (flow_a[inner][:, 0] - want_a).abs().median() < 0.5 / scale
+    assert (flow_b[inner][:, 0] - want_b).abs().median() < 0.5 / scale
+    assert flow_a[inner][:, 1].abs().median() < 0.5 / scale  # no vertical motion
+
+
+def test_flow_context_is_an_option_of_the_flow_mode() -> None:
+    plain = get_task("interp", factor=2, mode="flow")
+    x0 = drifting_texture(5)
+    assert plain.context_channels == 0 and plain(x0).context is None
+    assert plain.prepare(x0[:, :, ::2], 5)[1] is None
+    assert get_task("vsr", scale=2).prepare(x0[..., ::2, ::2], 5)[1] is None
+    task = get_task("interp", factor=2, mode="flow", context=True)
+    assert task.to_config() == {"name": "interp", "factor": 2, "mode": "flow", "context": True}
+    assert task_from_config(task.to_config()) == task
+    assert task_from_config({"name": "interp", "factor": 2, "mode": "flow"}) == plain
+    source, context = task.prepare(x0[:, :, ::2], 5)
+    assert torch.equal(source, task.lift(x0[:, :, ::2], 5)) and context.shape[1] == 12
+    # one keyframe (too few frames for a pair): every frame holds it, with no motion
+    source, context = task.prepare(x0[:, :, :1], 2)
+    assert torch.equal(source, x0[:, :, :1].expand(-1, -1, 2, -1, -1))
+    assert torch.equal(context[:, :3], source) and torch.equal(context[:, 3:6], source)
+    assert (context[:, 6] == 1).all() and not context[:, 7:].any()
+    with pytest.raises(ValueError, match="^context"):
+        get_task("interp", factor=2, mode="blend", context=True)

@@ -113,6 +113,8 @@ class DiTVideo(VideoBackbone):
         attention: AttentionMode = "factorised",
         qk_norm: bool = True,
         rope_theta: float = 10000.0,
+        context_channels: int = 0,
+        fusion: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ("factorised", "full"):
@@ -121,16 +123,17 @@ class DiTVideo(VideoBackbone):
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         self.gradient_checkpointing = False
         self.pairs = rope_split(hidden_size // num_heads)
-        self.patch_embed = nn.Conv2d(
-            self.stacked_channels(in_channels, conditional, noise_channels), hidden_size, patch_size, stride=patch_size
-        )
+        stacked = self.stacked_channels(in_channels, conditional, noise_channels, context_channels)
+        predicted = self.predicted_channels(in_channels, out_channels, predict_residual,
+                                            context_channels, fusion)
+        self.patch_embed = nn.Conv2d(stacked, hidden_size, patch_size, stride=patch_size)
         self.time_embed = TimestepEmbedding(hidden_size)
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio, attention, qk_norm) for _ in range(depth)
         )
         self.norm_out = LayerNorm32(hidden_size, elementwise_affine=False, eps=1e-6)
         self.ada_out = zero_module(nn.Linear(hidden_size, 2 * hidden_size))
-        self.proj_out = zero_module(nn.Linear(hidden_size, patch_size * patch_size * out_channels))
+        self.proj_out = zero_module(nn.Linear(hidden_size, patch_size * patch_size * predicted))
 
     def first_conv(self) -> nn.Conv2d:
         return self.patch_embed

@@ -1,9 +1,10 @@
 """Building blocks shared by the backbones, and the base class that fixes their contract.
 
 :class:`VideoBackbone` owns everything that is the same for the UNet and the DiT: input
-checks, stacking ``x_t``, the source clip and the generator noise on channels, the optional
-residual over the source, widening the first layer for noise channels, switching temporal
-layers off, and diffusers' save/load. Subclasses only map stacked inputs and ``t`` to pixels.
+checks, stacking ``x_t``, the source clip, the task's context and the generator noise on
+channels, the optional residual over the source or fusion of two candidates, widening the
+first layer for noise channels, switching temporal layers off, and diffusers' save/load.
+Subclasses only map stacked inputs and ``t`` to pixels.
 """
 
 from __future__ import annotations
@@ -104,22 +105,56 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 class VideoBackbone(ModelMixin, ConfigMixin):
     """Base class of the x0-predicting backbones on clips ``(B, C, N, H, W)``.
 
-    Channel order of the first layer is ``[x_t, source clip (if conditional), noise]``; noise
-    comes last so that :meth:`add_noise_channels` can append zero-initialised input channels.
+    Channel order of the first layer is ``[x_t, source clip (if conditional), context,
+    noise]``: ``context_channels`` per-frame channels from the task
+    (:meth:`tcvbm.tasks.Task.prepare`), then the noise, last so that
+    :meth:`add_noise_channels` can append zero-initialised input channels.
+
+    ``fusion`` makes the network output ``C + 1`` channels, a residual ``r`` and a mask
+    logit ``l``, and the prediction ``x0 = m A + (1 - m) B + r`` with
+    ``m = sigmoid(logit(w) + l)``: a per-pixel choice between two candidate clips that the
+    network only has to correct, as practical interpolators do where two warped keyframes
+    disagree. The contract with the context: channels ``[0, C)`` hold ``A``, ``[C, 2C)``
+    ``B`` and channel ``2C`` the prior weight ``w`` of ``A`` (clamped to
+    ``[FUSION_CLAMP, 1 - FUSION_CLAMP]`` so that its logit is finite); later channels are
+    free (:class:`tcvbm.tasks.FrameInterpolation` fills them with flows and a disagreement
+    cue). The output layer starts at zero, so an untrained fusion model returns the prior
+    mix ``w A + (1 - w) B``, and ``B + m (A - B)`` gives identical candidates back exactly.
+
     Subclasses register these config keys: ``in_channels``, ``out_channels``,
-    ``conditional``, ``noise_channels``, ``predict_residual``, and implement
-    :meth:`first_conv` and :meth:`predict`.
+    ``conditional``, ``noise_channels``, ``predict_residual``, ``context_channels``,
+    ``fusion``, and implement :meth:`first_conv` and :meth:`predict`.
     """
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
+    FUSION_CLAMP = 1e-3
 
     @staticmethod
-    def stacked_channels(in_channels: int, conditional: bool, noise_channels: int) -> int:
+    def stacked_channels(in_channels: int, conditional: bool, noise_channels: int,
+                         context_channels: int = 0) -> int:
         """Number of channels the first layer sees."""
         if noise_channels < 0:
             raise ValueError(f"noise_channels must be >= 0, got {noise_channels}")
-        return in_channels * (2 if conditional else 1) + noise_channels
+        if context_channels < 0:
+            raise ValueError(f"context_channels must be >= 0, got {context_channels}")
+        return in_channels * (2 if conditional else 1) + context_channels + noise_channels
+
+    @staticmethod
+    def predicted_channels(in_channels: int, out_channels: int, predict_residual: bool,
+                           context_channels: int, fusion: bool) -> int:
+        """Number of channels the network outputs: one more, the mask logit, with fusion."""
+        if not fusion:
+            return out_channels
+        if out_channels != in_channels or not predict_residual:
+            raise ValueError(f"fusion adds a residual to a mix of clips shaped like x_t: it needs "
+                             f"out_channels == in_channels and predict_residual, got "
+                             f"{out_channels}, {in_channels}, {predict_residual}")
+        if context_channels < 2 * in_channels + 1:
+            raise ValueError(f"fusion reads two candidates and a weight from the context: "
+                             f"context_channels must be >= {2 * in_channels + 1}, got "
+                             f"{context_channels}")
+        return out_channels + 1
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -148,6 +183,7 @@ class VideoBackbone(ModelMixin, ConfigMixin):
         x_t: torch.Tensor,
         t: torch.Tensor | float,
         cond: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the clean clip x0 from ``x_t`` at time ``t``.
@@ -157,12 +193,18 @@ class VideoBackbone(ModelMixin, ConfigMixin):
             t: ``(B,)`` times in [0, 1] (a scalar is broadcast over the batch).
             cond: the source clip ``x1``, shaped like ``x_t``; required when the config says
                 ``conditional``, ignored otherwise.
-            noise: ``(B, noise_channels, N, H, W)`` generator noise; drawn from N(0, I) when
-                omitted on a model with noise channels, refused on a model without them.
+            context: ``(B, context_channels, N, H, W)`` from the task that made ``cond``
+                (:meth:`tcvbm.tasks.Task.prepare`), required by a model with context
+                channels and refused by one without them.
+            noise: ``(B, noise_channels, N, H, W)`` generator noise, required by a model with
+                noise channels and refused by one without them. The model never draws it: the
+                caller does, seeded (:func:`tcvbm.runs.draw_model_noise`), so that an output
+                can be reproduced.
 
         Returns:
             x0 prediction shaped like ``x_t``; with ``predict_residual`` it is the source clip
-            (or ``x_t`` for an unconditional model) plus the network output.
+            (or ``x_t`` for an unconditional model) plus the network output, with ``fusion``
+            the fused candidates plus the residual (class docstring).
         """
         cfg = self.config
         if x_t.ndim != 5 or x_t.shape[1] != cfg.in_channels:
@@ -179,9 +221,26 @@ class VideoBackbone(ModelMixin, ConfigMixin):
                 got = None if cond is None else tuple(cond.shape)
                 raise ValueError(f"cond must be shaped like x_t {tuple(x_t.shape)} for a conditional model, got {got}")
             parts.append(cond.to(x_t.dtype))
+        if cfg.context_channels:
+            if context is None or context.shape != (b, cfg.context_channels, n, h, w):
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(
+                    f"context: this {type(self).__name__} reads {cfg.context_channels} context "
+                    f"channels and needs a context shaped {(b, cfg.context_channels, n, h, w)} "
+                    f"from its task's prepare(), got {got}")
+            context = context.to(x_t.dtype)
+            parts.append(context)
+        elif context is not None:
+            raise ValueError(f"context: given to a {type(self).__name__} without context "
+                             f"channels (its task makes one: set context_channels to "
+                             f"{context.shape[1]})")
         if cfg.noise_channels:
             if noise is None:
-                noise = torch.randn(b, cfg.noise_channels, n, h, w, device=x_t.device, dtype=x_t.dtype)
+                raise ValueError(
+                    f"noise: this {type(self).__name__} has {cfg.noise_channels} noise channels "
+                    f"and needs noise shaped {(b, cfg.noise_channels, n, h, w)}; draw it seeded "
+                    "with tcvbm.runs.draw_model_noise"
+                )
             if noise.shape != (b, cfg.noise_channels, n, h, w):
                 raise ValueError(
                     f"noise must be {(b, cfg.noise_channels, n, h, w)}, got {tuple(noise.shape)}"
@@ -190,9 +249,23 @@ class VideoBackbone(ModelMixin, ConfigMixin):
         elif noise is not None:
             raise ValueError("noise given to a model without noise channels (call add_noise_channels first)")
         out = self.predict(torch.cat(parts, dim=1), t)
+        if cfg.fusion:
+            return self._fuse(out, context)
         if cfg.predict_residual:
             out = out + (parts[1] if cfg.conditional else x_t)
         return out
+
+    def _fuse(self, out: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``B + m (A - B) + r``, ``m = sigmoid(logit(w) + l)`` (class docstring).
+
+        The mask is computed in float32: in bf16, ``1 - FUSION_CLAMP`` rounds to 1 and its
+        logit to infinity.
+        """
+        c = self.config.in_channels
+        a, b, w = context[:, :c], context[:, c:2 * c], context[:, 2 * c:2 * c + 1].float()
+        prior = torch.logit(w.clamp(self.FUSION_CLAMP, 1 - self.FUSION_CLAMP))
+        m = torch.sigmoid(prior + out[:, c:].float()).to(a.dtype)
+        return b + m * (a - b) + out[:, :c]
 
     @torch.no_grad()
     def add_noise_channels(self, k: int) -> None:

@@ -159,6 +159,8 @@ class UNetVideo(VideoBackbone):
         groups: int = 32,
         dropout: float = 0.0,
         patch_size: int = 1,
+        context_channels: int = 0,
+        fusion: bool = False,
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = False
@@ -174,7 +176,10 @@ class UNetVideo(VideoBackbone):
         self.multiple = patch_size * 2 ** (levels - 1)
         emb_dim = 4 * base_channels
         self.time_embed = TimestepEmbedding(emb_dim)
-        stacked = self.stacked_channels(in_channels, conditional, noise_channels)
+        stacked = self.stacked_channels(in_channels, conditional, noise_channels,
+                                        context_channels)
+        predicted = self.predicted_channels(in_channels, out_channels, predict_residual,
+                                            context_channels, fusion)
         self.conv_in = (nn.Conv2d(stacked, widths[0], 3, padding=1) if patch_size == 1
                         else nn.Conv2d(stacked, widths[0], patch_size, stride=patch_size))
 
@@ -203,8 +208,8 @@ class UNetVideo(VideoBackbone):
                 resample = Upsample(widths[level]) if last and level > 0 else None
                 self.up.append(unit(ch + skip_widths.pop(), widths[level], level, resample))
                 ch = widths[level]
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(),
-                                 zero_module(nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1)),
+        head = zero_module(nn.Conv2d(ch, predicted * patch_size**2, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), head,
                                  nn.PixelShuffle(patch_size))
 
     def first_conv(self) -> nn.Conv2d:

@@ -27,12 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from tcvbm.bridges import Bridge
-from tcvbm.samplers import get_timesteps
+from tcvbm.config import check_distillation, check_time_sampling, check_weighting
+from tcvbm.runs import draw_model_noise
+from tcvbm.samplers import STEPS, get_timesteps
 from tcvbm.tasks import Task
 
 __all__ = ["SampleRandom", "TimeSampler", "Weighting", "LossOutput", "BridgeMatching",
-           "InverseDistillation", "per_sample_mse", "bridge_matching_loss", "fake_loss",
-           "generator_loss", "frozen", "STUDENT_STEPS"]
+           "InverseDistillation", "per_sample_mse", "bridge_state", "bridge_matching_loss",
+           "fake_loss", "generator_loss", "frozen"]
 
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads nearby seeds apart
 
@@ -81,11 +83,14 @@ class SampleRandom:
 
 @dataclass(frozen=True)
 class TimeSampler:
-    """Draws training times t in [t_min, t_max].
+    """Draws training times t in [t_min, t_max], and t = 1 exactly with ``t_one_prob``.
 
     ``uniform``: t ~ U. ``logit-normal``: logit(t) ~ N(mean, std), which spends more steps
     at mid times. ``stratified``: one uniform per slot of the global batch, so a batch
-    covers [t_min, t_max] evenly (lower variance of the batch loss).
+    covers [t_min, t_max] evenly (lower variance of the batch loss). ``t_one_prob``: the
+    probability that a sample's time is replaced by 1, where ``X_t`` is the source itself
+    and a 1-step sampler calls the model; each sample decides with one more uniform of its
+    own stream, drawn only when the probability is not 0.
     """
 
     scheme: str = "uniform"
@@ -93,12 +98,10 @@ class TimeSampler:
     t_max: float = 0.999
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    t_one_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.scheme not in ("uniform", "logit-normal", "stratified"):
-            raise ValueError(f"t_sampling: unknown scheme {self.scheme!r}")
-        if not 0.0 < self.t_min < self.t_max < 1.0:
-            raise ValueError(f"t_min/t_max: need 0 < t_min < t_max < 1, got {self.t_min}, {self.t_max}")
+        check_time_sampling(self.scheme, self.t_min, self.t_max, self.t_one_prob)
 
     def __call__(self, rng: SampleRandom) -> Tensor:
         if self.scheme == "logit-normal":
@@ -108,7 +111,10 @@ class TimeSampler:
             u = (slots + rng.rand()) / rng.group
         else:
             u = rng.rand()
-        return self.t_min + (self.t_max - self.t_min) * u
+        t = self.t_min + (self.t_max - self.t_min) * u
+        if self.t_one_prob:
+            t = torch.where(rng.rand() < self.t_one_prob, torch.ones_like(t), t)
+        return t
 
 
 @dataclass(frozen=True)
@@ -125,8 +131,7 @@ class Weighting:
     sigmoid_bias: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("none", "min-snr", "sigmoid"):
-            raise ValueError(f"weighting: unknown kind {self.kind!r}")
+        check_weighting(self.kind)
 
     def __call__(self, t: Tensor) -> Tensor:
         t = t.float()
@@ -152,28 +157,46 @@ def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
+def bridge_state(bridge: Bridge, x0: Tensor, x1: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """X_t drawn from the bridge marginal, and X_1 itself where t = 1.
+
+    At t = 1 the marginal is the noise-free source, the state every sampler starts from
+    (:mod:`tcvbm.samplers`); :meth:`Bridge.sample` takes times inside (0, 1) only.
+    """
+    inside = t < 1
+    if bool(inside.all()):
+        return bridge.sample(x0, x1, t, noise=noise)
+    x_t = x1.to(x0.dtype).clone()
+    if bool(inside.any()):
+        x_t[inside] = bridge.sample(x0[inside], x1[inside], t[inside], noise=noise[inside])
+    return x_t
+
+
 def bridge_matching_loss(model: nn.Module, bridge: Bridge, x0: Tensor, x1: Tensor, t: Tensor,
-                         noise: Tensor, weight: Tensor, target: Tensor | None = None) -> Tensor:
+                         noise: Tensor, weight: Tensor, target: Tensor | None = None,
+                         context: Tensor | None = None) -> Tensor:
     """lambda(t) || f(X_t, t, X_1) - target ||^2 per sample, with X_t from the bridge marginal.
 
     ``target`` defaults to ``x0``; the real-data distillation term regresses a scaled one.
+    ``context`` is what the task prepared with ``x1`` (None for a task without one).
     """
-    x_t = bridge.sample(x0, x1, t, noise=noise)
-    pred = model(x_t, t, cond=x1)
+    x_t = bridge_state(bridge, x0, x1, t, noise)
+    pred = model(x_t, t, cond=x1, context=context)
     return weight * per_sample_mse(pred, x0 if target is None else target)
 
 
 def fake_loss(fake: nn.Module, bridge: Bridge, x0_gen: Tensor, x1: Tensor, t: Tensor,
-              noise: Tensor, weight: Tensor, target_scale: float = 1.0) -> Tensor:
+              noise: Tensor, weight: Tensor, target_scale: float = 1.0,
+              context: Tensor | None = None) -> Tensor:
     """The fake model's bridge-matching loss on the generator's (detached) outputs."""
     x0_gen = x0_gen.detach()
     return bridge_matching_loss(fake, bridge, x0_gen, x1, t, noise, weight,
-                                target=target_scale * x0_gen)
+                                target=target_scale * x0_gen, context=context)
 
 
 def generator_loss(teacher: nn.Module, fake: nn.Module, bridge: Bridge, x0_gen: Tensor,
                    x1: Tensor, t: Tensor, noise: Tensor, weight: Tensor,
-                   target_scale: float = 1.0) -> Tensor:
+                   target_scale: float = 1.0, context: Tensor | None = None) -> Tensor:
     """lambda(t) (||T(X_t) - x0||^2 - ||F(X_t) - x0||^2) per sample, nothing detached.
 
     ``teacher`` and ``fake`` are run with autograd on, so the gradient reaches ``x0_gen``
@@ -181,10 +204,10 @@ def generator_loss(teacher: nn.Module, fake: nn.Module, bridge: Bridge, x0_gen: 
     until the backward pass of this loss is done, not only while it is computed. The
     difference is taken in float32.
     """
-    x_t = bridge.sample(x0_gen, x1, t, noise=noise)
+    x_t = bridge_state(bridge, x0_gen, x1, t, noise)
     target = target_scale * x0_gen.float()
-    real = per_sample_mse(teacher(x_t, t, cond=x1), target)
-    fake_term = per_sample_mse(fake(x_t, t, cond=x1), target)
+    real = per_sample_mse(teacher(x_t, t, cond=x1, context=context), target)
+    fake_term = per_sample_mse(fake(x_t, t, cond=x1, context=context), target)
     return weight * (real - fake_term)
 
 
@@ -208,10 +231,13 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _sources(task: Task, x0: Tensor, rng: SampleRandom) -> tuple[Tensor, Tensor]:
-    """Source clips and known-frame masks, each sample degraded with its own stream."""
+def _sources(task: Task, x0: Tensor, rng: SampleRandom) -> tuple[Tensor, Tensor | None]:
+    """Source clips and their contexts (None for a task without one), each sample degraded
+    with its own stream."""
     parts = [task(x0[i:i + 1], generator=g) for i, g in enumerate(rng.generators)]
-    return torch.cat([p.source for p in parts]), torch.cat([p.mask for p in parts])
+    contexts = [p.context for p in parts]
+    context = None if contexts[0] is None else torch.cat(contexts)
+    return torch.cat([p.source for p in parts]), context
 
 
 class BridgeMatching:
@@ -252,19 +278,11 @@ class BridgeMatching:
 
     def loss(self, phase: str, nets: Mapping[str, nn.Module], x0: Tensor,
              rng: SampleRandom) -> LossOutput:
-        x1, _ = _sources(self.task, x0, rng)
+        x1, context = _sources(self.task, x0, rng)
         t = self.times(rng)
         per = bridge_matching_loss(nets["model"], self.bridge, x0, x1, t, rng.randn_like(x0),
-                                   self.weighting(t))
+                                   self.weighting(t), context=context)
         return LossOutput(per.mean(), per.detach(), t.detach())
-
-
-STUDENT_STEPS = {
-    # how a few-step student moves between its grid points (as the sampler of that name does)
-    "stochastic": lambda b, x0, xt, x1, t, s, noise: b.posterior_step(x0, xt, x1, t, s, noise=noise),
-    "posterior-mean": lambda b, x0, xt, x1, t, s, noise: b.posterior_step(x0, xt, x1, t, s, noise=False),
-    "deterministic": lambda b, x0, xt, x1, t, s, noise: b.deterministic_step(x0, xt, x1, t, s),
-}
 
 
 class InverseDistillation:
@@ -275,6 +293,8 @@ class InverseDistillation:
     clips, and the generator's targets are scaled by ``beta / alpha``. In a generator step
     the fake model runs with autograd through its input: the caller keeps it
     :func:`frozen` until that step's backward is done (the loop does, see :meth:`frozen_in`).
+    Teacher, fake model and generator all read the context the task prepared with the
+    step's sources, as the teacher was trained to.
     """
 
     kind = "generator"
@@ -284,12 +304,7 @@ class InverseDistillation:
                  task: Task, times: TimeSampler, weighting: Weighting, lr: float, fake_lr: float,
                  student_steps: int = 1, student_sampler: str = "stochastic",
                  fake_per_generator: int = 5, alpha: float = 1.0, beta: float = 1.0) -> None:
-        if student_sampler not in STUDENT_STEPS:
-            raise ValueError(f"student_sampler: expected one of {sorted(STUDENT_STEPS)}, "
-                             f"got {student_sampler!r}")
-        if not (0 < alpha <= 1 and 0 < beta <= 1) or (alpha == 1 and beta != 1):
-            raise ValueError(f"alpha, beta: need 0 < alpha, beta <= 1 and beta = 1 when alpha = 1, "
-                             f"got {alpha}, {beta}")
+        check_distillation(student_sampler, alpha, beta)
         self.teacher = teacher.eval().requires_grad_(False)
         self.fake, self.generator = fake, generator
         self.bridge, self.task, self.times, self.weighting = bridge, task, times, weighting
@@ -339,51 +354,55 @@ class InverseDistillation:
         gen = max_steps // (self.ratio + 1)
         return gen if phase == "generator" else max_steps - gen
 
-    def generate(self, generator: nn.Module, x1: Tensor, rng: SampleRandom) -> Tensor:
+    def generate(self, generator: nn.Module, x1: Tensor, rng: SampleRandom,
+                 context: Tensor | None = None) -> Tensor:
         """The student's x0 for this step, differentiable through its last call only.
 
         A K-step student is rolled from t = 1 down to a grid point chosen at random (the
         same for the whole step) without gradient; the last call is made with autograd as
-        the caller has it. With K = 1 this is ``G(X_1, z)`` at t = 1.
+        the caller has it. With K = 1 this is ``G(X_1, z)`` at t = 1; every call reads the
+        task's ``context`` of ``x1``. The rollout takes the steps of the sampler it is named
+        after (:data:`tcvbm.samplers.STEPS`) and draws, in the sampler's order, its noise
+        ``z`` and any step noise from each sample's stream.
         """
         stop = rng.randint_shared(len(self.grid) - 1)
-        step = STUDENT_STEPS[self.sampler]
-        k = int(self.generator.config.noise_channels)  # ``generator`` may be a DDP wrapper
+        step = STEPS[self.sampler]
+        times = self.grid.tolist()
         x = x1
-        batch = x1.shape[0]
         for j in range(stop + 1):
-            t = torch.full((batch,), float(self.grid[j]), device=x1.device)
-            z = rng.randn(k, *x.shape[2:]).to(x.dtype) if k else None
+            t_vec = torch.full((x1.shape[0],), times[j], device=x1.device)
+            z = draw_model_noise(self.generator, x, rng)  # ``generator`` may be a DDP wrapper
             if j == stop:
-                return generator(x, t, cond=x1, noise=z)
+                return generator(x, t_vec, cond=x1, context=context, noise=z)
             with torch.no_grad():
-                x0_hat = generator(x, t, cond=x1, noise=z)
-                s = torch.full_like(t, float(self.grid[j + 1]))
-                x = step(self.bridge, x0_hat, x, x1, t, s, rng.randn_like(x))
+                x0_hat = generator(x, t_vec, cond=x1, context=context, noise=z)
+                noise = rng.randn(*x0_hat.shape[1:]) if step.noisy(times[j]) else None
+                x = step(self.bridge, x0_hat, x, x1, times[j], times[j + 1], noise)
         raise AssertionError("unreachable")
 
     def loss(self, phase: str, nets: Mapping[str, nn.Module], x0: Tensor,
              rng: SampleRandom) -> LossOutput:
-        x1, _ = _sources(self.task, x0, rng)
+        x1, context = _sources(self.task, x0, rng)
         scale = self.beta / self.alpha
         if phase == "fake":
             with torch.no_grad():
-                x0_gen = self.generate(nets["generator"], x1, rng)
+                x0_gen = self.generate(nets["generator"], x1, rng, context)
             t = self.times(rng)
             w = self.weighting(t)
             per = self.alpha * fake_loss(nets["fake"], self.bridge, x0_gen, x1, t,
-                                         rng.randn_like(x0), w, scale)
+                                         rng.randn_like(x0), w, scale, context)
             extra = {}
             if self.alpha < 1:
                 t_real = self.times(rng)
                 real = bridge_matching_loss(
                     nets["fake"], self.bridge, x0, x1, t_real, rng.randn_like(x0),
-                    self.weighting(t_real), target=(1 - self.beta) / (1 - self.alpha) * x0)
+                    self.weighting(t_real), target=(1 - self.beta) / (1 - self.alpha) * x0,
+                    context=context)
                 per = per + (1 - self.alpha) * real
                 extra["real"] = real.detach()
             return LossOutput(per.mean(), per.detach(), t.detach(), extra)
-        x0_gen = self.generate(nets["generator"], x1, rng)
+        x0_gen = self.generate(nets["generator"], x1, rng, context)
         t = self.times(rng)
         per = generator_loss(self.teacher, nets["fake"], self.bridge, x0_gen, x1, t,
-                             rng.randn_like(x0), self.weighting(t), scale)
+                             rng.randn_like(x0), self.weighting(t), scale, context)
         return LossOutput(per.mean(), per.detach(), t.detach())

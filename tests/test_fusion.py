@@ -1,0 +1,161 @@
+"""Frame interpolation that can beat flow: both warped keyframes reach the model as context,
+and a fusion head picks between them per pixel, starting exactly at flow interpolation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from test_tasks import drifting_texture
+from test_train import TINY_MODEL
+from tcvbm.bridges import Bridge
+from tcvbm.config import load_config
+from tcvbm.metrics import psnr
+from tcvbm.models import create
+from tcvbm.pipeline import model_window_fn
+from tcvbm.runs import InferenceBundle
+from tcvbm.tasks import get_task
+from tcvbm.train.objectives import (BridgeMatching, SampleRandom, TimeSampler, Weighting,
+                                    bridge_matching_loss, bridge_state)
+from tcvbm.train.run import build_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONTEXT = get_task("interp", factor=4, mode="flow", context=True)
+ARCHS = {"unet": ("unet-tiny", TINY_MODEL), "dit": ("dit-tiny", {"depth": 1})}
+
+
+def fusion_model(arch: str = "unet", fusion: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    name, params = ARCHS[arch]
+    return create(name, **params, context_channels=CONTEXT.CONTEXT_CHANNELS, fusion=fusion)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_an_untrained_fusion_model_returns_the_flow_source(arch: str) -> None:
+    """Zero-initialised output: mask logit 0 leaves flow's own weights (1 - tau at factor 4:
+    0.75, 0.5, 0.25, which tell A from B) and the residual is 0, whatever x_t and t are;
+    keyframes, two identical candidates, come back exactly."""
+    sample = CONTEXT(drifting_texture(9, shift=1)[..., :24, :32])
+    model = fusion_model(arch).eval()
+    x_t = torch.rand(sample.source.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        out = model(x_t, torch.tensor([0.3]), cond=sample.source, context=sample.context)
+    torch.testing.assert_close(out, sample.source, atol=1e-6, rtol=0)
+    assert torch.equal(out[:, :, ::4], sample.source[:, :, ::4])
+
+
+def test_the_window_function_prepares_the_context_for_the_model() -> None:
+    """Inference (the pipeline's window function, 1 step) gives the model the context its
+    task prepares with the source: an untrained fusion model's output is the flow source."""
+    obs = CONTEXT.degrade(drifting_texture(9, shift=1)[..., :24, :32])
+    bundle = InferenceBundle(fusion_model().eval(), Bridge(9), CONTEXT, 9, (24, 32),
+                             "posterior-mean", 1, "bridge")
+    out = model_window_fn(bundle)(obs)
+    torch.testing.assert_close(out, CONTEXT.lift(obs, 9), atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_identical_candidates_come_back_exactly_whatever_the_mask() -> None:
+    """Keyframes carry A = B: with a live mask and no residual the fusion returns them bit for
+    bit, while the in-between frames move away from flow's fixed weights."""
+    model = fusion_model().eval()
+    head = model.out[2]  # the zero-initialised output convolution: 3 residual channels, 1 mask
+    head.weight[3].normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+    head.bias[3] = 0.3
+    sample = CONTEXT(drifting_texture(9, shift=1)[..., :24, :32])
+    out = model(sample.source, torch.ones(1), cond=sample.source, context=sample.context)
+    assert torch.equal(out[:, :, ::4], sample.source[:, :, ::4])
+    assert (out - sample.source)[:, :, 1::4].abs().max() > 1e-3
+
+
+def selection_toy(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """(x0, source, context) where candidate A is right on the left half of every frame and
+    B on the right half; elsewhere each is unrelated noise. The source is their average."""
+    x0 = torch.rand(count, 3, 3, 16, 16, generator=generator) * 2 - 1
+    wrong = torch.rand(x0.shape, generator=generator) * 2 - 1
+    left = torch.arange(16) < 8
+    a, b = torch.where(left, x0, wrong), torch.where(left, wrong, x0)
+    weight = torch.full((count, 1, 3, 16, 16), 0.5)
+    flows = torch.zeros(count, 4, 3, 16, 16)
+    context = torch.cat([a, b, weight, flows, (a - b).abs().mean(1, keepdim=True)], dim=1)
+    return x0, 0.5 * (a + b), context
+
+
+def trained_psnr(fusion: bool, steps: int = 30) -> tuple[float, float]:
+    """PSNR of a tiny model trained ``steps`` Adam steps of bridge matching at t = 1 (where
+    1-step inference calls it) on fresh toy clips, and of the source, on held-out toys."""
+    model = fusion_model(fusion=fusion)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    bridge = Bridge(3, prior="ar1", eps=0.05, rho=0.5)
+    g = torch.Generator().manual_seed(0)
+    ones = torch.ones(4)
+    for _ in range(steps):
+        x0, x1, context = selection_toy(4, g)
+        loss = bridge_matching_loss(model, bridge, x0, x1, ones, torch.zeros_like(x0), ones,
+                                    context=context).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x0, x1, context = selection_toy(8, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        out = model.eval()(x1, torch.ones(8), cond=x1, context=context).clamp(-1, 1)
+    return float(psnr(out, x0).mean()), float(psnr(x1, x0).mean())
+
+
+def test_fusion_learns_a_per_pixel_choice_the_residual_model_does_not() -> None:
+    """Thirty steps: the fusion head learns to take A on the left and B on the right, far
+    above the average (the flow-like source); a residual model reading the same context
+    has to synthesise the choice and stays at the average."""
+    fused, average = trained_psnr(fusion=True)
+    residual, _ = trained_psnr(fusion=False)
+    assert fused > average + 10, (fused, average)
+    assert residual < fused - 10, (residual, fused)
+
+
+def test_bridge_matching_and_its_time_sampler_feed_the_context_and_t_one() -> None:
+    """The objective hands the model its task's context; the sampled times include t = 1,
+    where X_t is the source itself."""
+    times = TimeSampler(t_one_prob=0.5)
+    objective = BridgeMatching(fusion_model(), Bridge(9, eps=0.05), CONTEXT, times,
+                               Weighting(), lr=1e-3)
+    x0 = torch.cat([drifting_texture(9, shift=1)[..., :16, :16]] * 4)
+    rng = SampleRandom(0, 3, range(4), 4)
+    out = objective.loss("model", {"model": objective.model}, x0, rng)
+    assert torch.isfinite(out.loss) and (out.t == 1).any() and (out.t < 1).any()
+    out.loss.backward()
+    assert objective.model.out[2].weight.grad.abs().sum() > 0
+    blind = BridgeMatching(fusion_model(), Bridge(9), get_task("interp", factor=4, mode="flow"),
+                           times, Weighting(), lr=1e-3)
+    with pytest.raises(ValueError, match="^context"):
+        blind.loss("model", {"model": blind.model}, x0, SampleRandom(0, 3, range(4), 4))
+
+
+def test_t_one_is_drawn_per_sample_and_its_state_is_the_source() -> None:
+    rng = SampleRandom(0, 1, range(400), 400)
+    t = TimeSampler(t_one_prob=0.25)(rng)
+    assert 0.18 < float((t == 1).float().mean()) < 0.32
+    assert float(t[t < 1].max()) <= 0.999
+    # no draw is spent on it when it is off: the times of runs made before it stay
+    plain = TimeSampler()(SampleRandom(0, 1, range(8), 8))
+    u = torch.cat([torch.rand(1, generator=g) for g in SampleRandom(0, 1, range(8), 8).generators])
+    assert torch.equal(plain, 1e-3 + (0.999 - 1e-3) * u)
+    bridge = Bridge(3)
+    x0, x1, noise = torch.randn(3, 2, 1, 3, 4, 4)
+    t = torch.tensor([1.0, 0.4])
+    x_t = bridge_state(bridge, x0, x1, t, noise)
+    assert torch.equal(x_t[:1], x1[:1])
+    assert torch.equal(x_t[1:], bridge.sample(x0[1:], x1[1:], t[1:], noise=noise[1:]))
+
+
+def test_the_fusion_recipe_builds_a_model_that_reads_its_task_context() -> None:
+    cfg = load_config("interp-fusion")
+    task = build_task(cfg)
+    model = create(cfg.model.name, **cfg.model.params)
+    assert task.context_channels == model.config.context_channels == 12 and model.config.fusion
+    assert cfg.bridge.eps < 0.25 and cfg.loss.t_one_prob > 0
+    for bad, key in (("loss.t_one_prob=1.0", "loss.t_one_prob"),
+                     ("loss.weighting=min-snr", "loss.t_one_prob")):
+        with pytest.raises(ValueError, match=rf"^config: {key}"):
+            load_config("interp-fusion", [bad])
