@@ -70,8 +70,10 @@ def _unit(x: Tensor) -> Tensor:
     SSIM's luminance term ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)`` is not invariant
     to a shift of the values: on zero-centred data it compares means near 0 and collapses for
     any mid-grey difference, so SSIM is defined, and computed here, on intensities in [0, 1].
+    In float64: the windowed variances are differences of nearly equal sums, which float32
+    leaves off by enough to score two identical flat frames 0.99997.
     """
-    return ((x + 1) / 2).clamp(0.0, 1.0)
+    return ((x.double() + 1) / 2).clamp(0.0, 1.0)
 
 
 def psnr(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:

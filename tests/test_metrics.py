@@ -42,6 +42,13 @@ def test_ssim_and_ms_ssim():
     assert float(metrics.ms_ssim(big * 0.5, big)) < 0.99
 
 
+def test_ssim_of_identical_flat_frames_is_one():
+    """Windowed variances of a flat frame are differences of equal sums: float32 leaves
+    enough of them to score identical frames below 1."""
+    x = torch.full((1, 3, 2, 32, 32), 30 / 255 * 2 - 1)
+    assert float(metrics.ssim(x, x)) == pytest.approx(1.0, abs=1e-9)
+
+
 def test_ssim_is_computed_on_intensities():
     """Two flat grey frames differ only in SSIM's luminance term, ``(2ab + C1) / (a^2 + b^2 +
     C1)`` on intensities a, b in [0, 1] with ``C1 = 0.01^2``; on zero-centred values that term
@@ -63,7 +70,8 @@ def test_ssim_of_frames_smaller_than_its_window():
     y = x * 0.8
     assert float(metrics.ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
     frames = lambda clip: clip[0].transpose(0, 1)  # noqa: E731  (N, 3, H, W)
-    expected = float(reference((frames(y) + 1) / 2, (frames(x) + 1) / 2, data_range=1.0))
+    expected = float(reference((frames(y).double() + 1) / 2, (frames(x).double() + 1) / 2,
+                               data_range=1.0))
     assert float(metrics.ssim(y, x)) == pytest.approx(expected, abs=1e-6) and expected < 0.99
     with pytest.raises(metrics.MetricUnavailable, match="ssim: frames of .5, 5. px"):
         metrics.ssim(pattern(size=5), pattern(size=5))
