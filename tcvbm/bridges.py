@@ -116,7 +116,7 @@ def _frame_mix(x: Tensor, m: Tensor) -> Tensor:
     return out.reshape(b, c, n, h, w)
 
 
-def _check_clip(name: str, x: Tensor, num_frames: int) -> None:
+def _require_bridge_clip(name: str, x: Tensor, num_frames: int) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name}: expected a tensor, got {type(x).__name__}")
     if x.dim() != 5:
@@ -221,7 +221,8 @@ class Bridge:
         if noise is False:
             return None
         if noise is None or noise is True:
-            return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+            return torch.randn(like.shape, generator=generator, device=like.device,
+                               dtype=like.dtype)
         if not isinstance(noise, Tensor) or noise.shape != like.shape:
             raise ValueError(f"noise: expected a tensor shaped {tuple(like.shape)}, None or False")
         return noise.to(like.dtype)
@@ -253,7 +254,7 @@ class Bridge:
 
     def _check_pair(self, names: tuple[str, ...], *clips: Tensor) -> None:
         for name, x in zip(names, clips):
-            _check_clip(name, x, self.num_frames)
+            _require_bridge_clip(name, x, self.num_frames)
         for name, x in zip(names[1:], clips[1:]):
             if x.shape != clips[0].shape:
                 raise ValueError(f"{name}: shape {tuple(x.shape)} differs from "

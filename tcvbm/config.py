@@ -203,7 +203,8 @@ class Config:
 
     output_dir: str = "runs/default"
     seed: int = 0
-    resume: Optional[str] = None  # None or "latest": the latest checkpoint in output_dir if any; or a checkpoint path
+    # None or "latest": the latest checkpoint in output_dir if any; or a checkpoint path
+    resume: Optional[str] = None
     teacher: Optional[str] = None  # distillation: the teacher run or model directory
     data: DataSection = field(default_factory=DataSection)
     task: TaskSection = field(default_factory=TaskSection)
@@ -228,7 +229,8 @@ def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Pa
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise ValueError(f"config: file {str(path)!r} not found (looked in {[str(c) for c in candidates]})")
+    raise ValueError(f"config: file {str(path)!r} not found "
+                     f"(looked in {[str(c) for c in candidates]})")
 
 
 def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
@@ -283,7 +285,8 @@ def _merge(schema: DictConfig, label: str, layer: dict) -> DictConfig:
         raise ValueError(f"{label}: wrong type for key '{err.full_key}': {first}") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ValueError(f"{label}: invalid value for key '{key}': {str(err).splitlines()[0]}") from None
+        first_line = str(err).splitlines()[0]
+        raise ValueError(f"{label}: invalid value for key '{key}': {first_line}") from None
 
 
 def need(ok: bool, key: str, msg: str) -> None:
@@ -367,7 +370,8 @@ def _check(cfg: Config) -> None:
     need(cfg.train.max_steps >= 1, "train.max_steps", "must be >= 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(cfg.train.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-    need(cfg.train.mixed_precision in PRECISIONS, "train.mixed_precision", f"must be one of {PRECISIONS}")
+    need(cfg.train.mixed_precision in PRECISIONS, "train.mixed_precision",
+         f"must be one of {PRECISIONS}")
     need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay", "must lie in [0, 1)")
     need(cfg.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")

@@ -36,7 +36,8 @@ def dis_flow(target: np.ndarray, source: np.ndarray) -> np.ndarray:
     """
     h, w = target.shape[:2]
     ph, pw = max(_MIN_SIDE - h, 0), max(_MIN_SIDE - w, 0)
-    grey = [cv2.copyMakeBorder(_grey(f), 0, ph, 0, pw, cv2.BORDER_REPLICATE) for f in (target, source)]
+    grey = [cv2.copyMakeBorder(_grey(f), 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+            for f in (target, source)]
     dis = cv2.DISOpticalFlow_create(_PRESET)
     return dis.calc(grey[0], grey[1], None)[:h, :w]
 

@@ -44,7 +44,7 @@ class MetricUnavailable(RuntimeError):
     """A metric cannot run honestly here (weights absent, frames too small); says why."""
 
 
-def _frames(x: Tensor, frames: Tensor | None) -> Tensor:
+def _select_frames(x: Tensor, frames: Tensor | None) -> Tensor:
     """(B, C, N, H, W) -> (B, n, C, H, W) with only the selected frames (a (N,) bool mask)."""
     if x.dim() != 5:
         raise ValueError(f"clip: expected (B, C, N, H, W), got {tuple(x.shape)}")
@@ -52,12 +52,13 @@ def _frames(x: Tensor, frames: Tensor | None) -> Tensor:
     return x if frames is None else x[:, frames.to(x.device)]
 
 
-def _per_frame(fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor,
-               frames: Tensor | None) -> Tensor:
+def _score_per_frame(fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor,
+                     frames: Tensor | None) -> Tensor:
+    """(B,) mean over the selected frames of ``fn``, which scores (B*n, C, H, W) frame pairs."""
     if pred.shape != target.shape:
         raise ValueError(f"pred/target: shapes differ, {tuple(pred.shape)} vs "
                          f"{tuple(target.shape)}")
-    p, t = _frames(pred, frames), _frames(target, frames)
+    p, t = _select_frames(pred, frames), _select_frames(target, frames)
     b, n = p.shape[:2]
     if n == 0:
         raise ValueError("frames: no frame selected to score")
@@ -82,7 +83,7 @@ def psnr(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
         value = peak_signal_noise_ratio(p, t, data_range=_RANGE, reduction="none",
                                         dim=(1, 2, 3))
         return value.nan_to_num(posinf=PSNR_MAX).clamp(max=PSNR_MAX)
-    return _per_frame(fn, pred, target, frames)
+    return _score_per_frame(fn, pred, target, frames)
 
 
 def ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
@@ -96,7 +97,7 @@ def ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
         raise MetricUnavailable(f"ssim: frames of {tuple(pred.shape[-2:])} px are too small "
                                 f"for the {_SSIM_WINDOW}-px window's reflection padding "
                                 f"(at least {_SSIM_MIN_SIZE} px a side)")
-    return _per_frame(lambda p, t: structural_similarity_index_measure(
+    return _score_per_frame(lambda p, t: structural_similarity_index_measure(
         _unit(p), _unit(t), kernel_size=_SSIM_WINDOW, data_range=1.0, reduction="none"),
         pred, target, frames)
 
@@ -106,7 +107,7 @@ def ms_ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tenso
     if min(pred.shape[-2:]) < MS_SSIM_MIN_SIZE:
         raise MetricUnavailable(f"ms_ssim: frames of {tuple(pred.shape[-2:])} px are smaller "
                                 f"than the {MS_SSIM_MIN_SIZE} px its five scales need")
-    return _per_frame(lambda p, t: multiscale_structural_similarity_index_measure(
+    return _score_per_frame(lambda p, t: multiscale_structural_similarity_index_measure(
         _unit(p), _unit(t), data_range=1.0, reduction="none"), pred, target, frames)
 
 
@@ -299,7 +300,7 @@ def perceptual_distance(net: PerceptualNet, pred: Tensor, target: Tensor,
     """(B,) mean per-frame perceptual distance (lower is better)."""
     def fn(p: Tensor, t: Tensor) -> Tensor:
         return torch.cat([net(a, b) for a, b in zip(p.split(chunk), t.split(chunk))])
-    return _per_frame(fn, pred, target, frames)
+    return _score_per_frame(fn, pred, target, frames)
 
 
 # ----------------------------------------------------------------- distribution metrics

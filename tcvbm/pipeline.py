@@ -23,7 +23,12 @@ from torch import Tensor
 
 from tcvbm import samplers
 from tcvbm.data.streams import (
-    RepairCounter, constant_rate_indices, open_video, read_image, read_repaired, with_progress,
+    RepairCounter,
+    constant_rate_indices,
+    open_video,
+    read_image,
+    read_repaired,
+    with_progress,
     write_counted,
 )
 from tcvbm.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
@@ -31,8 +36,14 @@ from tcvbm.data.visual import from_uint8, to_uint8
 from tcvbm.data.writer import DEFAULT_CRF
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.windows import (
-    DEFAULT_MULTIPLE, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, TemporalBlender, WindowFn,
-    restore_stream, stage_count, tiled,
+    DEFAULT_MULTIPLE,
+    DEFAULT_TILE,
+    DEFAULT_TILE_OVERLAP,
+    TemporalBlender,
+    WindowFn,
+    restore_stream,
+    stage_count,
+    tiled,
 )
 
 if TYPE_CHECKING:
@@ -152,7 +163,7 @@ def _summary(input, output, frames_in: int, frames_out: int, started: float, mod
 # -------------------------------------------------------------------------- the commands
 
 @dataclass(frozen=True)
-class _Passes:
+class _PassPlan:
     """How a video goes through a model: ``count`` passes of windows of ``inputs`` frames,
     each multiplying the frame rate by ``factor`` and the frame size by ``scale``."""
 
@@ -163,7 +174,7 @@ class _Passes:
 
 
 def _restore_video(input, output, model, task: str, kind: str,
-                   plan: Callable[[InferenceBundle], _Passes], *, steps: int | None,
+                   plan: Callable[[InferenceBundle], _PassPlan], *, steps: int | None,
                    sampler: str | None, device: str, precision: str, overlap: int | None,
                    tile: int | None, batch: int, scene_cuts: bool, seed: int, compile: bool,
                    progress: bool, progress_label: str, crf: int,
@@ -221,9 +232,9 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
     if factor not in (2, 4, 8):
         raise ValueError(f"factor: expected 2, 4 or 8, got {factor!r}")
 
-    def plan(bundle: InferenceBundle) -> _Passes:
+    def plan(bundle: InferenceBundle) -> _PassPlan:
         keyframes, model_factor = window_inputs(bundle)
-        return _Passes(keyframes, model_factor, 1, stage_count(factor, model_factor))
+        return _PassPlan(keyframes, model_factor, 1, stage_count(factor, model_factor))
 
     return _restore_video(input, output, model, "interp", "frame-interpolation", plan,
                           steps=steps, sampler=sampler, device=device, precision=precision,
@@ -245,10 +256,10 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
     if model is None:
         raise ValueError("model: upscaling needs a trained super-resolution model (--model)")
 
-    def plan(bundle: InferenceBundle) -> _Passes:
+    def plan(bundle: InferenceBundle) -> _PassPlan:
         model_scale = bundle.task.scale
         stages = stage_count(scale or model_scale, model_scale, "scale")
-        return _Passes(window_inputs(bundle)[0], 1, model_scale, stages)
+        return _PassPlan(window_inputs(bundle)[0], 1, model_scale, stages)
 
     return _restore_video(input, output, model, "vsr", "super-resolution", plan,
                           steps=steps, sampler=sampler, device=device, precision=precision,

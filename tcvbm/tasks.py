@@ -28,19 +28,19 @@ __all__ = ["Task", "TaskSample", "FrameInterpolation", "ImageToVideo", "SuperRes
 
 
 class TaskSample(NamedTuple):
-    source: Tensor       # X_1, (B, C, N, H, W)
-    mask: Tensor         # (B, 1, N, 1, 1) bool: frames of X_0 that the source carries exactly
-    observation: Tensor  # what degrade() returned
+    source: Tensor        # X_1, (B, C, N, H, W)
+    known_frames: Tensor  # (B, 1, N, 1, 1) bool: frames of X_0 that the source carries exactly
+    observation: Tensor   # what degrade() returned
     context: Tensor | None = None  # (B, Task.context_channels, N, H, W), or None
 
 
-def _check_clip(name: str, x: Tensor) -> None:
+def _require_clip(name: str, x: Tensor) -> None:
     if not isinstance(x, Tensor) or x.dim() != 5:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{name}: expected a (B, C, N, H, W) tensor, got {shape}")
 
 
-def _per_frame(fn, x: Tensor) -> Tensor:
+def _map_frames(fn, x: Tensor) -> Tensor:
     """Apply an image op ``fn((B*N, C, H, W))`` to every frame of a clip."""
     b, c, n, h, w = x.shape
     frames = x.transpose(1, 2).reshape(b * n, c, h, w)
@@ -76,12 +76,12 @@ class Task:
         return torch.zeros(num_frames, dtype=torch.bool)
 
     def __call__(self, x0: Tensor, generator: torch.Generator | None = None) -> TaskSample:
-        _check_clip("x0", x0)
+        _require_clip("x0", x0)
         num_frames = x0.shape[2]
         observation = self.degrade(x0, generator)
         source, context = self.prepare(observation, num_frames)
-        mask = self.known_frames(num_frames).to(x0.device).view(1, 1, num_frames, 1, 1)
-        return TaskSample(source, mask.expand(x0.shape[0], -1, -1, -1, -1), observation,
+        known = self.known_frames(num_frames).to(x0.device).view(1, 1, num_frames, 1, 1)
+        return TaskSample(source, known.expand(x0.shape[0], -1, -1, -1, -1), observation,
                           context)
 
     def to_config(self) -> dict[str, Any]:
@@ -147,14 +147,14 @@ class FrameInterpolation(Task):
         return (num_frames - 1) // self.factor + 1
 
     def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_clip("x0", x0)
+        _require_clip("x0", x0)
         return x0[:, :, :: self.factor]
 
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
         return self.prepare(observation, num_frames)[0]
 
     def prepare(self, observation: Tensor, num_frames: int) -> tuple[Tensor, Tensor | None]:
-        _check_clip("observation", observation)
+        _require_clip("observation", observation)
         k = observation.shape[2]
         if k != self.num_keyframes(num_frames):
             raise ValueError(
@@ -223,11 +223,11 @@ class ImageToVideo(Task):
     name: ClassVar[str] = "i2v"
 
     def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_clip("x0", x0)
+        _require_clip("x0", x0)
         return x0[:, :, :1]
 
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
-        _check_clip("observation", observation)
+        _require_clip("observation", observation)
         if observation.shape[2] != 1:
             raise ValueError(f"observation: expected one frame, got {observation.shape[2]}")
         return observation.expand(-1, -1, num_frames, -1, -1).contiguous()
@@ -248,19 +248,19 @@ class SuperResolution(Task):
             raise ValueError(f"scale: expected 2, 3, 4 or 8, got {self.scale!r}")
 
     def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_clip("x0", x0)
+        _require_clip("x0", x0)
         h, w = x0.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ValueError(f"x0: size {h}x{w} is not divisible by scale {self.scale}")
         size = (h // self.scale, w // self.scale)
-        return _per_frame(lambda f: F.interpolate(f, size=size, mode="bicubic",
-                                                  antialias=True, align_corners=False), x0)
+        return _map_frames(lambda f: F.interpolate(f, size=size, mode="bicubic",
+                                                   antialias=True, align_corners=False), x0)
 
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
-        _check_clip("observation", observation)
+        _require_clip("observation", observation)
         size = (observation.shape[-2] * self.scale, observation.shape[-1] * self.scale)
-        up = _per_frame(lambda f: F.interpolate(f, size=size, mode="bicubic",
-                                                align_corners=False), observation)
+        up = _map_frames(lambda f: F.interpolate(f, size=size, mode="bicubic",
+                                                 align_corners=False), observation)
         return up.clamp(-1.0, 1.0)
 
 
@@ -276,7 +276,7 @@ class Blur(Task):
             raise ValueError(f"sigma: must be > 0, got {self.sigma!r}")
 
     def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_clip("x0", x0)
+        _require_clip("x0", x0)
         radius = max(1, math.ceil(3 * self.sigma))
         grid = torch.arange(-radius, radius + 1, device=x0.device, dtype=x0.dtype)
         kernel = torch.exp(-0.5 * (grid / self.sigma) ** 2)
@@ -288,10 +288,10 @@ class Blur(Task):
             f = F.conv2d(f, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
             return F.conv2d(f, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
-        return _per_frame(blur, x0)
+        return _map_frames(blur, x0)
 
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
-        _check_clip("observation", observation)
+        _require_clip("observation", observation)
         return observation
 
 
@@ -307,12 +307,12 @@ class Noise(Task):
             raise ValueError(f"sigma: must be > 0, got {self.sigma!r}")
 
     def degrade(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_clip("x0", x0)
+        _require_clip("x0", x0)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return x0 + self.sigma * noise
 
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
-        _check_clip("observation", observation)
+        _require_clip("observation", observation)
         return observation
 
 

@@ -23,7 +23,8 @@ def synthetic_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     frames = np.empty((n, h, w, 3), np.uint8)
     for t in range(n):
         for c in range(3):
-            frames[t, ..., c] = (127 + 100 * np.sin((xx * base[c] + yy * (c + 1) * 0.7 + 6 * t) / 17.0)).astype(np.uint8)
+            phase = (xx * base[c] + yy * (c + 1) * 0.7 + 6 * t) / 17.0
+            frames[t, ..., c] = (127 + 100 * np.sin(phase)).astype(np.uint8)
         s = max(2, min(h, w) // 6)
         y0, x0 = (3 * t) % max(1, h - s), (5 * t) % max(1, w - s)
         frames[t, y0 : y0 + s, x0 : x0 + s] = (255, 255 - 10 * (t % 20), 40)

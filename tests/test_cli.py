@@ -50,7 +50,8 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys) -> None:
 def test_resume_flag_becomes_the_resume_override() -> None:
     from tcvbm.cli import _overrides
 
-    args = build_parser().parse_args(["train", "interp-tiny", "train.max_steps=3", "--resume", "latest"])
+    args = build_parser().parse_args(["train", "interp-tiny", "train.max_steps=3",
+                                      "--resume", "latest"])
     assert _overrides(args) == ["train.max_steps=3", "resume=latest"]
     args = build_parser().parse_args(["distill", "distill-tiny", "teacher=runs/x"])
     assert _overrides(args) == ["teacher=runs/x"]

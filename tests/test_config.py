@@ -65,14 +65,16 @@ def test_wrong_type_names_key(tmp_path: Path) -> None:
         load_config("base", ["train.max_steps=1.5"])
 
 
-@pytest.mark.parametrize("bad", ["train.max_steps", "=3", "train..max_steps=3", "train.max-steps=3"])
+@pytest.mark.parametrize("bad", ["train.max_steps", "=3", "train..max_steps=3",
+                                 "train.max-steps=3"])
 def test_bad_override_syntax(bad: str) -> None:
     with pytest.raises(ValueError, match="expected key=value"):
         load_config("base", [bad])
 
 
 def test_unknown_override_key() -> None:
-    with pytest.raises(ValueError, match=r"command-line override 'trian\.max_steps=3': unknown key 'trian'"):
+    with pytest.raises(ValueError,
+                       match=r"command-line override 'trian\.max_steps=3': unknown key 'trian'"):
         load_config("base", ["trian.max_steps=3"])
 
 

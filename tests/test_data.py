@@ -14,7 +14,6 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import decode_all, synthetic_frames
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -29,14 +28,16 @@ from tcvbm.data import (
     VideoReadError,
     build_dataset,
     from_uint8,
+    index_cache,
     to_uint8,
     worker_options,
     write_video,
+    writer as writer_module,
 )
-from tcvbm.data.visual import frame_grid
-from tcvbm.data import index_cache
-from tcvbm.data import writer as writer_module
 from tcvbm.data.video import decord
+from tcvbm.data.visual import frame_grid
+
+from conftest import decode_all, synthetic_frames
 
 BACKENDS = ["pyav", "auto"] + (["decord"] if decord is not None else [])
 
@@ -56,7 +57,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_sample_clips_manifest(sample_clips):
     manifest = json.loads((next(iter(sample_clips.values())).parent / "manifest.json").read_text())
     sizes = {k: (v["width"], v["height"], v["frames"]) for k, v in manifest.items()}
-    assert sizes == {"bikes": (640, 272, 250), "bigbuckbunny": (1280, 720, 132), "carphone": (176, 144, 120)}
+    assert sizes == {"bikes": (640, 272, 250), "bigbuckbunny": (1280, 720, 132),
+                     "carphone": (176, 144, 120)}
     assert manifest["bigbuckbunny"]["audio"] and not manifest["bikes"]["audio"]
 
 
@@ -95,7 +97,8 @@ def test_auto_backend_prefers_decord_when_exact(sample_clips):
     ],
 )
 def test_generated_formats_exact_rgb(tmp_path, make_clip, suffix, codec, pix_fmt, opts):
-    path = make_clip(tmp_path / f"c{suffix}", n=30, h=40, w=56, codec=codec, pix_fmt=pix_fmt, gop=7, options=opts)
+    path = make_clip(tmp_path / f"c{suffix}", n=30, h=40, w=56, codec=codec, pix_fmt=pix_fmt,
+                     gop=7, options=opts)
     ref = decode_all(path)
     for backend in ("pyav", "auto"):
         r = VideoReader(path, backend=backend)
@@ -140,7 +143,8 @@ def test_read_clip_resize_and_crop(sample_clips):
     r = VideoReader(sample_clips["carphone"], backend="pyav")  # 144 x 176
     full = r.read_clip(10, 4, stride=2)
     small = r.read_clip(10, 4, stride=2, size=(72, 88))  # same aspect: plain half-size
-    ref = torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=(72, 88), mode="area")
+    ref = torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=(72, 88),
+                                          mode="area")
     assert small.shape == (4, 72, 88, 3)
     assert (small.permute(0, 3, 1, 2).float() - ref).abs().mean() < 3
     square = r.read_clip(10, 4, stride=2, size=64)  # centre crop of a covering resize
@@ -159,7 +163,8 @@ def test_read_errors_name_file_and_reason(tmp_path, make_clip):
     audio_only = tmp_path / "audio.m4a"
     with av.open(str(audio_only), "w") as out:
         stream = out.add_stream("aac", rate=44100, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
         frame.sample_rate, frame.pts = 44100, 0
         out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -201,15 +206,18 @@ def _save_frames(folder: Path, frames: np.ndarray, pattern: str, start: int = 0)
 
 def test_video_folder_items(tmp_path, make_clip):
     for i in range(3):
-        make_clip(tmp_path / "videos" / f"sub{i % 2}" / f"v{i}.mp4", n=20 + 5 * i, h=40, w=64, seed=i)
-    ds = VideoFolder(tmp_path / "videos", num_frames=8, size=32, stride=2, clips_per_video=2, **_dataset_opts(tmp_path))
+        make_clip(tmp_path / "videos" / f"sub{i % 2}" / f"v{i}.mp4", n=20 + 5 * i, h=40, w=64,
+                  seed=i)
+    ds = VideoFolder(tmp_path / "videos", num_frames=8, size=32, stride=2, clips_per_video=2,
+                     **_dataset_opts(tmp_path))
     assert len(ds) == 6 and ds.stats()["usable"] == 3
     clip = ds[0]
     assert clip.shape == (3, 8, 32, 32) and clip.dtype == torch.float32
     assert clip.min() >= -1 and clip.max() <= 1
     items = list(ds)
     assert len(items) == 6 and all(x.shape == (3, 8, 32, 32) for x in items)
-    ds_u8 = VideoFolder(tmp_path / "videos", 8, 32, stride=2, clips_per_video=2, output="uint8", **_dataset_opts(tmp_path))
+    ds_u8 = VideoFolder(tmp_path / "videos", 8, 32, stride=2, clips_per_video=2, output="uint8",
+                        **_dataset_opts(tmp_path))
     frames = list(ds_u8)
     assert frames[0].dtype == torch.uint8 and frames[0].shape == (8, 32, 32, 3)
     assert all(torch.equal(from_uint8(f), x) for f, x in zip(frames, items))
@@ -267,7 +275,8 @@ def test_set_shard_splits_ranks(tmp_path, make_clip):
 def test_target_fps_sets_stride(tmp_path, make_clip):
     frames = np.zeros((20, 32, 32, 3), np.uint8)
     frames[:] = (np.arange(20) * 12)[:, None, None, None]
-    make_clip(tmp_path / "v" / "ramp.mp4", fps=24, frames=frames, codec="libx264", options={"crf": "0"})
+    make_clip(tmp_path / "v" / "ramp.mp4", fps=24, frames=frames, codec="libx264",
+              options={"crf": "0"})
     ds = VideoFolder(tmp_path / "v", 4, 32, fps=12, random_offset=False, **_dataset_opts(tmp_path))
     level = to_uint8(ds[0]).float().mean(dim=(1, 2, 3))
     assert torch.allclose(level.diff(), torch.full((3,), 24.0), atol=2)
@@ -296,7 +305,8 @@ def test_layouts_detected_and_read(tmp_path, make_clip):
         for g in (1, 8):
             make_clip(ucf / cls / f"v_{cls}_g0{g}_c01.avi", n=12, h=36, w=44, codec="mpeg4", seed=g)
     (ucf / "ucfTrainTestlist").mkdir()
-    (ucf / "ucfTrainTestlist" / "trainlist01.txt").write_text("Jump/v_Jump_g08_c01.avi 1\nRun/v_Run_g08_c01.avi 2\n")
+    (ucf / "ucfTrainTestlist" / "trainlist01.txt").write_text(
+        "Jump/v_Jump_g08_c01.avi 1\nRun/v_Run_g08_c01.avi 2\n")
     (ucf / "ucfTrainTestlist" / "testlist01.txt").write_text("Jump/v_Jump_g01_c01.avi\n")
     # Vimeo-90K septuplets
     vimeo = tmp_path / "vimeo"
@@ -338,7 +348,8 @@ def test_layouts_detected_and_read(tmp_path, make_clip):
     for root, layout, split, n, count in cases:
         assert data.detect_layout(root) == layout
         ds = build_dataset(root, n, (16, 24), split=split, cache_dir=tmp_path / "cache" / layout)
-        assert isinstance(ds, data.LAYOUTS[layout]) and ds.stats()["usable"] == count, (layout, split)
+        assert (isinstance(ds, data.LAYOUTS[layout])
+                and ds.stats()["usable"] == count), (layout, split)
         items = list(ds)
         assert len(items) == count and all(x.shape == (3, n, 16, 24) for x in items), layout
         assert all(-1 <= x.min() and x.max() <= 1 for x in items)
@@ -374,11 +385,13 @@ def test_short_videos_skip_loop_pad(tmp_path):
     _save_frames(tmp_path / "long", np.repeat(frames, 4, axis=0), "{:03d}.png")
     files = sorted(str(p) for p in (tmp_path / "short").iterdir())
     long_files = sorted(str(p) for p in (tmp_path / "long").iterdir())
-    entries = [Entry(str(tmp_path / "short"), 5, 25.0, tuple(files)), Entry(str(tmp_path / "long"), 20, 25.0, tuple(long_files))]
+    entries = [Entry(str(tmp_path / "short"), 5, 25.0, tuple(files)),
+               Entry(str(tmp_path / "long"), 20, 25.0, tuple(long_files))]
     opts = dict(random_offset=False, cache_dir=tmp_path / "cache")
     skip = ClipDataset(entries, 8, 8, **opts)
     assert skip.stats()["usable"] == 1 and skip.stats()["too_short"] == 1
-    expect = {"loop": [0, 60, 120, 180, 240, 0, 60, 120], "pad": [0, 60, 120, 180, 240, 240, 240, 240]}
+    expect = {"loop": [0, 60, 120, 180, 240, 0, 60, 120],
+              "pad": [0, 60, 120, 180, 240, 240, 240, 240]}
     for mode, want in expect.items():
         ds = ClipDataset(entries[:1], 8, 8, short=mode, **opts)
         got = to_uint8(ds[0])[:, 0, 0, 0].tolist()
@@ -390,7 +403,8 @@ def test_short_videos_skip_loop_pad(tmp_path):
 def _damage_middle(src: Path, dst: Path) -> Path:
     blob = bytearray(src.read_bytes())
     start, size = len(blob) // 3, len(blob) // 4
-    blob[start : start + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    noise = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    blob[start : start + size] = noise.tobytes()
     dst.write_bytes(bytes(blob))
     return dst
 
@@ -409,7 +423,8 @@ def test_damaged_files_skipped_with_one_warning(tmp_path, make_clip):
         warnings.simplefilter("always")
         ds = VideoFolder(root, 30, 16, clips_per_video=2, **_dataset_opts(tmp_path))
         clips = [x for epoch in range(2) for x in (ds.set_epoch(epoch), list(ds))[1]]
-        loader_clips = [x for batch in DataLoader(ds, batch_size=2, **worker_options(2)) for x in batch]
+        loader = DataLoader(ds, batch_size=2, **worker_options(2))
+        loader_clips = [x for batch in loader for x in batch]
     assert len(ds) == 8 and len(clips) == 16 and len(loader_clips) == 8  # epochs never cut short
     skipped = [str(w.message) for w in caught if issubclass(w.category, SkippedVideoWarning)]
     for name in bad:
@@ -427,7 +442,8 @@ def test_no_usable_video_error_says_what_was_found(tmp_path):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "a.mp4").write_bytes(b"")
     (tmp_path / "v" / "b.txt").write_text("notes")
-    with pytest.warns(SkippedVideoWarning), pytest.raises(ValueError, match=r"no usable video.*2 files.*1 unreadable"):
+    with (pytest.warns(SkippedVideoWarning),
+          pytest.raises(ValueError, match=r"no usable video.*2 files.*1 unreadable")):
         VideoFolder(tmp_path / "v", 4, 16, **_dataset_opts(tmp_path))
 
 
@@ -446,9 +462,11 @@ def test_short_side_keeps_the_video_scale(tmp_path, make_clip):
     assert len(kept) == 4 and all(is_native_window(c) for c in kept)
     covered = list(VideoFolder(tmp_path / "v", 4, 32, **opts))  # scaled to cover 32 px
     assert not any(is_native_window(c) for c in covered)
-    ranged = list(VideoFolder(tmp_path / "v", 4, 32, short_side=[32, 48], cache_frames=True, **opts))
+    ranged = list(VideoFolder(tmp_path / "v", 4, 32, short_side=[32, 48], cache_frames=True,
+                              **opts))
     assert [c.shape for c in ranged] == [(4, 32, 32, 3)] * 4
-    assert all(torch.equal(a, b) for a, b in zip(ranged, VideoFolder(tmp_path / "v", 4, 32, short_side=[32, 48], **opts)))
+    uncached = VideoFolder(tmp_path / "v", 4, 32, short_side=[32, 48], **opts)
+    assert all(torch.equal(a, b) for a, b in zip(ranged, uncached))
     for bad in (24, [40, 36], [16, 48]):
         with pytest.raises(ValueError, match="short_side"):
             VideoFolder(tmp_path / "v", 4, 32, short_side=bad, **opts)

@@ -13,18 +13,23 @@ import pytest
 import torch
 from torch import nn
 
-from test_train import FRAMES, SIZE, TINY_MODEL, Clips, bridge_matching, tiny_cfg
 from tcvbm.bridges import Bridge
 from tcvbm.config import load_config
 from tcvbm.models import create
 from tcvbm.runs import draw_model_noise, load_bundle, save_bundle
 from tcvbm.samplers import get_sampler, get_timesteps
 from tcvbm.tasks import get_task
-from tcvbm.train.objectives import (InverseDistillation, SampleRandom, TimeSampler, Weighting,
-                                    frozen, generator_loss)
-from tcvbm.train.run import distill, distillation_objective
-from tcvbm.train.run import fit_objective as fit
+from tcvbm.train.objectives import (
+    InverseDistillation,
+    SampleRandom,
+    TimeSampler,
+    Weighting,
+    frozen,
+    generator_loss,
+)
+from tcvbm.train.run import distill, distillation_objective, fit_objective as fit
 
+from test_train import FRAMES, SIZE, TINY_MODEL, Clips, bridge_matching, tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import _make_clip as make_clip
 from tcvbm.baselines import flow_interpolation, frame_repetition, get_baseline, linear_blending
 from tcvbm.evaluate import run_eval
 from tcvbm.metrics import PSNR_MAX, psnr
 from tcvbm.tasks import get_task
 
+from conftest import _make_clip as make_clip
 from test_pipeline import source_bundle
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, decode_all
 from PIL import Image
 
 from tcvbm.data import VideoFolder
 from tcvbm.data.measure import sha256_file
+
+from conftest import REPO_ROOT, decode_all
 
 # imported by name (its dataclasses need a module registered in sys.modules)
 sys.path.insert(0, str(REPO_ROOT / "tools"))

@@ -7,8 +7,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from test_tasks import drifting_texture
-from test_train import TINY_MODEL
 from tcvbm.bridges import Bridge
 from tcvbm.config import load_config
 from tcvbm.metrics import psnr
@@ -16,9 +14,18 @@ from tcvbm.models import create
 from tcvbm.pipeline import model_window_fn
 from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import get_task
-from tcvbm.train.objectives import (BridgeMatching, SampleRandom, TimeSampler, Weighting,
-                                    bridge_matching_loss, bridge_state)
+from tcvbm.train.objectives import (
+    BridgeMatching,
+    SampleRandom,
+    TimeSampler,
+    Weighting,
+    bridge_matching_loss,
+    bridge_state,
+)
 from tcvbm.train.run import build_task
+
+from test_tasks import drifting_texture
+from test_train import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

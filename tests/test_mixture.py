@@ -21,7 +21,7 @@ from tcvbm.train.run import build_train_set
 SIZE = (8, 12)
 
 
-def _frames(folder: Path, count: int, low: int, high: int, seed: int) -> None:
+def _write_frames(folder: Path, count: int, low: int, high: int, seed: int) -> None:
     """Noise frames with values in [low, high): each source has its own brightness."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -34,10 +34,10 @@ def _frames(folder: Path, count: int, low: int, high: int, seed: int) -> None:
 def roots(tmp_path) -> SimpleNamespace:
     """A dark and a bright REDS tree of frame sequences, and a folder of stills."""
     for seq in range(4):
-        _frames(tmp_path / "dark" / "train_sharp" / f"{seq:03d}", 12, 0, 100, seq)
+        _write_frames(tmp_path / "dark" / "train_sharp" / f"{seq:03d}", 12, 0, 100, seq)
     for seq in range(2):
-        _frames(tmp_path / "bright" / "train_sharp" / f"{seq:03d}", 12, 156, 256, 10 + seq)
-    _frames(tmp_path / "stills", 2, 0, 256, 20)
+        _write_frames(tmp_path / "bright" / "train_sharp" / f"{seq:03d}", 12, 156, 256, 10 + seq)
+    _write_frames(tmp_path / "stills", 2, 0, 256, 20)
     return SimpleNamespace(dark=tmp_path / "dark", bright=tmp_path / "bright",
                            stills=tmp_path / "stills", cache=tmp_path / "cache")
 

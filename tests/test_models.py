@@ -12,10 +12,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tcvbm.models import (DiTVideo, UNetVideo, attention, available_models, create, dit,
-                          load_pretrained)
+from tcvbm.models import (
+    DiTVideo,
+    UNetVideo,
+    attention,
+    available_models,
+    create,
+    dit,
+    load_pretrained,
+)
 
 TINY = ["unet-tiny", "dit-tiny", "unet-tiny-p2"]
+NAMED = ["unet-tiny", "unet-small", "unet-base", "dit-tiny", "dit-small", "dit-base"]
 # Variants of the named configs, built like them: the UNet reading 2x2 patches.
 VARIANTS = {"unet-tiny-p2": ("unet-tiny", {"patch_size": 2})}
 
@@ -49,10 +57,10 @@ def model(request):
 
 
 def test_named_configs_are_listed():
-    assert {"unet-tiny", "unet-small", "unet-base", "dit-tiny", "dit-small", "dit-base"} <= set(available_models())
+    assert set(NAMED) <= set(available_models())
 
 
-@pytest.mark.parametrize("name", ["unet-tiny", "unet-small", "unet-base", "dit-tiny", "dit-small", "dit-base"])
+@pytest.mark.parametrize("name", NAMED)
 def test_parameter_counts(name):
     with torch.device("meta"):  # no memory, no init cost: only the count matters
         m = create(name)
@@ -108,7 +116,8 @@ def test_single_frames_equal_video_with_temporal_layers_off(model):
     x = clip(b=2, n=4)
     t = torch.tensor([0.3, 0.9])
     with torch.no_grad():
-        frames = torch.cat([model(x[:, :, i : i + 1], t, cond=x[:, :, i : i + 1]) for i in range(4)], dim=2)
+        frames = torch.cat([model(x[:, :, i : i + 1], t, cond=x[:, :, i : i + 1])
+                            for i in range(4)], dim=2)
         model.set_temporal_enabled(False)
         try:
             video = model(x, t, cond=x)
@@ -122,7 +131,8 @@ def test_save_load_round_trip(model, tmp_path):
     t = torch.full((1,), 0.4)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
-    for loaded in (type(model).from_pretrained(tmp_path), load_pretrained(tmp_path), create(tmp_path)):
+    for loaded in (type(model).from_pretrained(tmp_path), load_pretrained(tmp_path),
+                   create(tmp_path)):
         assert type(loaded) is type(model)
         with torch.no_grad():
             assert torch.equal(loaded.eval()(x, t, cond=x), model(x, t, cond=x))
@@ -416,7 +426,8 @@ def test_create_from_name_yaml_and_overrides(tmp_path):
     assert isinstance(m, DiTVideo) and not m.config.conditional and m.config.depth == 2
     cfg = tmp_path / "mine.yaml"
     cfg.write_text("arch: unet\nbase_channels: 16\nchannel_mult: [1, 2]\nnum_res_blocks: 1\n"
-                   "attention_levels: [1]\ntemporal_attention_levels: [1]\nhead_dim: 16\ngroups: 8\n")
+                   "attention_levels: [1]\ntemporal_attention_levels: [1]\nhead_dim: 16\n"
+                   "groups: 8\n")
     m = create(cfg)
     assert isinstance(m, UNetVideo) and m.config.base_channels == 16
     x = clip(n=2, h=10, w=14)

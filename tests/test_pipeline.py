@@ -18,16 +18,19 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import _make_clip as make_clip
 from tcvbm.bridges import Bridge
 from tcvbm.data.streams import (
-    RepairCounter as _Warnings, cfr_indices, read_repaired as _iter_frames,
+    RepairCounter as _Warnings,
+    cfr_indices,
+    read_repaired as _iter_frames,
 )
 from tcvbm.pipeline import interpolate, upscale
 from tcvbm.runs import InferenceBundle
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.tasks import get_task
 from tcvbm.windows import TemporalBlender, feather, restore_stream, stage_count, tile_starts, tiled
+
+from conftest import _make_clip as make_clip
 
 
 class SourceModel(nn.Module):

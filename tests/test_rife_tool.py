@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_tools import load_tool
 
 from tcvbm import metrics
 from tcvbm.baselines import BASELINES, linear_blending
 from tcvbm.data import VideoReader, from_uint8, to_uint8
 from tcvbm.evaluate import run_eval
 from tcvbm.tasks import get_task
+
+from test_tools import load_tool
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

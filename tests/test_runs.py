@@ -8,12 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from test_train import TINY_MODEL
 from tcvbm.bridges import Bridge
 from tcvbm.models import create
 from tcvbm.runs import draw_model_noise, load_bundle, save_bundle
 from tcvbm.tasks import get_task
 from tcvbm.train.objectives import SampleRandom
+
+from test_train import TINY_MODEL
 
 
 def noisy_model(k: int) -> SimpleNamespace:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 
 import pytest
+
 from conftest import REPO_ROOT
 from test_tools import load_tool
 

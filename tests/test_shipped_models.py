@@ -16,7 +16,8 @@ from tcvbm.samplers import get_sampler, get_timesteps
 def test_shipped_bundle_runs(name: str, kind: str) -> None:
     bundle = load_bundle(name)
     assert bundle.kind == kind and bundle.task.name == "interp" and bundle.task.factor == 2
-    x0 = torch.rand(1, 3, bundle.num_frames, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 3, bundle.num_frames, 32, 32, generator=g) * 2 - 1
     x1 = bundle.task(x0).source
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)

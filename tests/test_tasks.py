@@ -20,7 +20,8 @@ def test_interpolation_keeps_keyframes(factor: int, mode: str) -> None:
     assert out.source.shape == x0.shape and out.observation.shape == (2, 3, 3, 6, 7)
     keys = torch.arange(n) % factor == 0
     assert torch.equal(out.source[:, :, keys], x0[:, :, keys])
-    assert out.mask.shape == (2, 1, n, 1, 1) and torch.equal(out.mask[0, 0, :, 0, 0], keys)
+    assert (out.known_frames.shape == (2, 1, n, 1, 1)
+            and torch.equal(out.known_frames[0, 0, :, 0, 0], keys))
     mid = factor // 2
     expected = x0[:, :, 0] if mode == "nearest" else 0.5 * (x0[:, :, 0] + x0[:, :, factor])
     assert torch.allclose(out.source[:, :, mid], expected, atol=1e-6)
@@ -39,8 +40,10 @@ def test_flow_interpolation_follows_motion() -> None:
     """A texture moving 3 px a frame: flow puts the in-between frame where it belongs,
     blending leaves a double image; keyframes stay exact in both."""
     g = torch.Generator().manual_seed(0)
-    texture = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 48, 100, generator=g), 5, 1, 2) * 2 - 1
-    x0 = torch.stack([texture[..., 3 * i: 3 * i + 64] for i in range(5)], dim=2)  # (1, 3, 5, 48, 64)
+    noise = torch.rand(1, 3, 48, 100, generator=g)
+    texture = torch.nn.functional.avg_pool2d(noise, 5, 1, 2) * 2 - 1
+    # x0: (1, 3, 5, 48, 64), the texture drifting 3 pixels a frame
+    x0 = torch.stack([texture[..., 3 * i: 3 * i + 64] for i in range(5)], dim=2)
     flow, blend = (get_task("interp", factor=2, mode=m)(x0).source for m in ("flow", "blend"))
     assert flow.shape == x0.shape and torch.equal(flow[:, :, ::2], x0[:, :, ::2])
     inner = (slice(None), slice(None), slice(1, None, 2), slice(8, -8), slice(8, -8))
@@ -65,7 +68,7 @@ def test_image_to_video_repeats_first_frame() -> None:
     x0 = torch.randn(1, 3, 6, 4, 4)
     out = get_task("i2v")(x0)
     assert torch.equal(out.source, x0[:, :, :1].expand_as(x0))
-    assert out.mask[0, 0, :, 0, 0].tolist() == [True] + [False] * 5
+    assert out.known_frames[0, 0, :, 0, 0].tolist() == [True] + [False] * 5
 
 
 @pytest.mark.parametrize("scale", [2, 4])
@@ -77,7 +80,7 @@ def test_super_resolution_shapes_and_content(scale: int, frames: int) -> None:
     assert out.observation.shape == (1, 3, frames, 16 // scale, 24 // scale)
     assert out.source.shape == smooth.shape
     assert (out.source - smooth)[..., 4:-4, 4:-4].abs().max() < 0.05  # a ramp survives
-    assert not out.mask.any()
+    assert not out.known_frames.any()
     with pytest.raises(ValueError, match="^x0"):
         get_task("vsr", scale=4)(torch.zeros(1, 3, 1, 10, 12))
 
@@ -206,8 +209,8 @@ def test_task_maps_a_clip_as_documented(name: str) -> None:
     out = task(x0, generator=torch.Generator().manual_seed(0))
     assert out.source.shape == x0.shape
     known = torch.tensor(expected.check(task, x0, out))
-    assert out.mask.shape == (x0.shape[0], 1, expected.frames, 1, 1)
-    assert torch.equal(out.mask[:, 0, :, 0, 0], known.expand(x0.shape[0], -1))
+    assert out.known_frames.shape == (x0.shape[0], 1, expected.frames, 1, 1)
+    assert torch.equal(out.known_frames[:, 0, :, 0, 0], known.expand(x0.shape[0], -1))
     assert torch.equal(out.source[:, :, known], x0[:, :, known])
 
 

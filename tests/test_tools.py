@@ -15,9 +15,10 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 from tcvbm.models import create
+
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STUDIES = REPO_ROOT / "docs" / "results"  # each study's run.sh beside what it produced
@@ -35,8 +36,9 @@ def load_tool(name: str, folder: Path = REPO_ROOT / "tools") -> ModuleType:
 def test_bench_models_reports_throughput_and_mfu(tmp_path: Path, peak: float | None) -> None:
     out = tmp_path / "bench.json"
     load_tool("bench_models").main(["--device", "cpu", "--dtype", "fp32", "--configs", "unet-tiny",
-                                    "--sizes", "16", "--batch", "2", "--frames", "4", "--warmup", "0",
-                                    "--iters", "1", "--peak-size", "256", "--json", str(out)]
+                                    "--sizes", "16", "--batch", "2", "--frames", "4",
+                                    "--warmup", "0", "--iters", "1", "--peak-size", "256",
+                                    "--json", str(out)]
                                    + (["--peak-tflops", str(peak)] if peak else []))
     report = json.loads(out.read_text())
     matmul, (row,) = report["matmul_tflops"], report["rows"]
@@ -61,10 +63,11 @@ def test_bench_models_counts_model_flops_with_attention() -> None:
     # so more than 4x in all unless attention went uncounted.
     assert tool.model_flops("dit-tiny", (1, 3, 4, 32, 32))[2] > 4.5 * small
 
-    args = ["--device", "cpu", "--flops-only", "--configs", "dit-tiny", "--sizes", "16", "--batch", "1",
-            "--frames", "4"]
+    args = ["--device", "cpu", "--flops-only", "--configs", "dit-tiny", "--sizes", "16",
+            "--batch", "1", "--frames", "4"]
     plain, checkpointed = tool.main(args), tool.main(args + ["--grad-checkpointing"])
-    assert plain == checkpointed and "train_s" not in plain[0]  # model FLOPs: recomputation left out
+    # Model FLOPs: recomputation left out.
+    assert plain == checkpointed and "train_s" not in plain[0]
     assert plain[0]["train_gflop"] == pytest.approx(small / 1e9)
 
 

@@ -95,7 +95,8 @@ def test_resumed_run_follows_uninterrupted_trajectory(tmp_path: Path, capsys) ->
     assert resumed.resumed_from == 4
     assert "Resuming from" in capsys.readouterr().out
     np.testing.assert_allclose(resumed.losses, full.losses[4:], rtol=1e-5, atol=1e-7)
-    logged = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    metrics = (tmp_path / "cut" / "metrics.jsonl").read_text()
+    logged = [json.loads(line) for line in metrics.splitlines()]
     assert [r["step"] for r in logged] == list(range(1, 13))
     ema_full = load_pretrained(tmp_path / "full" / "model").state_dict()
     ema_cut = load_pretrained(tmp_path / "cut" / "model").state_dict()
@@ -147,7 +148,8 @@ def test_train_entry_point_on_video_files(tmp_path: Path, make_clip, capsys) -> 
     result = train(load_config("interp-tiny", overrides))
     run = tmp_path / "run"
     assert result.step == 3 and (run / "config.yaml").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-2", "checkpoint-3"]
     for name in ("grid.png", "sample-0.mp4", "metrics.json"):
         assert (run / "eval" / "step-3" / name).is_file()
     bundle = load_bundle(run)
@@ -216,8 +218,8 @@ def run_two_processes(tmp_path: Path, out: Path, steps: int, fsdp: bool = False,
         tests=str(Path(__file__).parent), out=str(out), steps=steps, fsdp=fsdp, data=data)))
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(script)],
-                          env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517",
+                           str(script)], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

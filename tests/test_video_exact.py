@@ -17,10 +17,11 @@ import av
 import numpy as np
 import pytest
 from av.bitstream import BitStreamFilterContext
-from conftest import decode_all, synthetic_frames
 
 from tcvbm.data import VideoReader, build_dataset
 from tcvbm.data.video import decord
+
+from conftest import decode_all, synthetic_frames
 
 NO_DECORD = pytest.mark.skipif(decord is None, reason="decord is not installed")
 BACKENDS = ["pyav", pytest.param("decord", marks=NO_DECORD)]

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import decode_all
 from tcvbm import metrics
 from tcvbm.cli import main
-from tcvbm.data import VideoReader, from_uint8, to_uint8
-from tcvbm.data import writer as writer_module
+from tcvbm.data import VideoReader, from_uint8, to_uint8, writer as writer_module
 from tcvbm.data.writer import write_video
 from tcvbm.pipeline import interpolate
+
+from conftest import decode_all
 from test_pipeline import moving_frames, source_bundle
 
 pytestmark = pytest.mark.usefixtures("one_thread")

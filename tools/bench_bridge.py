@@ -51,14 +51,16 @@ def main() -> None:
         bridge = Bridge(n, prior=prior)
         rows[prior] = (
             _time(lambda: bridge.sample(x0, x1, t, noise=noise), args.repeats, device),
-            _time(lambda: bridge.posterior_step(x0, xt, x1, t, s, noise=noise), args.repeats, device),
+            _time(lambda: bridge.posterior_step(x0, xt, x1, t, s, noise=noise), args.repeats,
+                  device),
         )
     print(f"shape {tuple(args.shape)} {args.dtype} on {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'prior':<10} {'sample ms':>10} {'ratio':>6} {'posterior ms':>13} {'ratio':>6}")
     ref = rows["brownian"]
     for prior, (ts, tp) in rows.items():
-        print(f"{prior:<10} {ts * 1e3:>10.1f} {ts / ref[0]:>6.2f} {tp * 1e3:>13.1f} {tp / ref[1]:>6.2f}")
+        print(f"{prior:<10} {ts * 1e3:>10.1f} {ts / ref[0]:>6.2f} {tp * 1e3:>13.1f} "
+              f"{tp / ref[1]:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -64,40 +64,56 @@ def bench_readers(videos: list[Path], seconds: float) -> list[dict]:
 
             def one_clip() -> int:
                 path = videos[rng.integers(len(videos))]
-                reader = readers[path] if keep_open else VideoReader(path, backend=backend, threads=1)
+                reader = (readers[path] if keep_open
+                          else VideoReader(path, backend=backend, threads=1))
                 start = int(rng.integers(len(reader) - N + 1))
                 reader.read_clip(start, N, size=SIZE)
                 if not keep_open:
                     reader.close()
                 return 1
 
-            rows.append({"backend": backend, "readers": "kept open" if keep_open else "opened per clip",
+            rows.append({"backend": backend,
+                         "readers": "kept open" if keep_open else "opened per clip",
                          "clips/s": _rate(one_clip, seconds)})
     return rows
 
 
-def bench_dataset(root: Path, workers: list[int], seconds: float, configs: list[dict], cache: Path) -> list[dict]:
+def _epoch_rate(ds: VideoFolder, seconds: float, loader: DataLoader | None = None) -> float:
+    """Clips per second over whole epochs, each on the next epoch of ``ds``, read through
+    ``loader`` or, without one, from ``ds`` itself (one clip an item).
+
+    A function of its own so that the timed closure holds this call's dataset and loader, not
+    the caller's variables, which the caller deletes to free each cell's workers.
+    """
+    epoch = [0]
+
+    def one_epoch() -> int:
+        ds.set_epoch(epoch[0])
+        epoch[0] += 1
+        if loader is None:
+            return sum(1 for _ in ds)
+        return sum(len(batch) for batch in loader)
+
+    return _rate(one_epoch, seconds)
+
+
+def bench_dataset(root: Path, workers: list[int], seconds: float, configs: list[dict],
+                  cache: Path) -> list[dict]:
     rows = []
     for cfg in configs:
         for w in workers:
-            ds = VideoFolder(root, N, SIZE, clips_per_video=cfg["clips_per_video"], backend=cfg["backend"],
-                             cache_frames=cfg.get("cache_frames", False), output=cfg.get("output", "float"),
-                             decode_threads=1, cache_dir=cache)
+            ds = VideoFolder(root, N, SIZE, clips_per_video=cfg["clips_per_video"],
+                             backend=cfg["backend"], cache_frames=cfg.get("cache_frames", False),
+                             output=cfg.get("output", "float"), decode_threads=1, cache_dir=cache)
             # Workers as the trainer starts them (spawned, see tcvbm.train.loop.worker_options),
             # kept for the whole cell so their start-up is not timed.
             loader = DataLoader(ds, batch_size=4, persistent_workers=w > 0, **worker_options(w))
-            epoch = [0]
-
-            def one_epoch() -> int:
-                ds.set_epoch(epoch[0])
-                epoch[0] += 1
-                return sum(len(batch) for batch in loader)
-
             rows.append({"backend": cfg["backend"], "clips_per_video": cfg["clips_per_video"],
-                         "output": cfg.get("output", "float"), "frame cache": cfg.get("cache_frames", False),
-                         "workers": w, "clips/s": _rate(one_epoch, seconds)})
+                         "output": cfg.get("output", "float"),
+                         "frame cache": cfg.get("cache_frames", False),
+                         "workers": w, "clips/s": _epoch_rate(ds, seconds, loader)})
             # Free this cell's readers and workers before the next cell.
-            del loader, ds, one_epoch
+            del loader, ds
             gc.collect()
     return rows
 
@@ -126,16 +142,10 @@ def bench_keyframes(videos: list[Path], tmp: Path, seconds: float, cache: Path) 
                 return 1
 
             ms = 1000 / _rate(eight_frames, seconds / 2)
-            ds = VideoFolder(folder, N, SIZE, backend=backend, decode_threads=1, cache_dir=cache / f"gop{gop}")
-            epoch = [0]
-
-            def one_epoch() -> int:
-                ds.set_epoch(epoch[0])
-                epoch[0] += 1
-                return sum(1 for _ in ds)
-
+            ds = VideoFolder(folder, N, SIZE, backend=backend, decode_threads=1,
+                             cache_dir=cache / f"gop{gop}")
             rows.append({"gop": gop, "backend": backend, "ms per 8 random frames": ms,
-                         "dataset clips/s (0 workers)": _rate(one_epoch, seconds / 2)})
+                         "dataset clips/s (0 workers)": _epoch_rate(ds, seconds / 2)})
     return rows
 
 
@@ -143,7 +153,8 @@ def _table(title: str, rows: list[dict]) -> str:
     keys = list(rows[0])
     cells = [[f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    lines = [title, " | ".join(k.ljust(w) for k, w in zip(keys, widths)), "-+-".join("-" * w for w in widths)]
+    lines = [title, " | ".join(k.ljust(w) for k, w in zip(keys, widths)),
+             "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 
@@ -173,13 +184,15 @@ def main(argv: list[str] | None = None) -> None:
         configs = [{"backend": b, "clips_per_video": 1} for b in backends]
         configs += [{"backend": backends[0], "clips_per_video": 4},
                     {"backend": backends[0], "clips_per_video": 4, "output": "uint8"},
-                    {"backend": backends[0], "clips_per_video": 4, "cache_frames": True, "output": "uint8"}]
+                    {"backend": backends[0], "clips_per_video": 4, "cache_frames": True,
+                     "output": "uint8"}]
         results["readers"] = bench_readers(videos, args.seconds)
         print(_table("\n1. readers (one process)", results["readers"]), flush=True)
         results["dataset"] = bench_dataset(root, args.workers, args.seconds, configs, tmp / "cache")
         print(_table("\n2. VideoFolder + DataLoader (batch 4)", results["dataset"]), flush=True)
         results["keyframes"] = bench_keyframes(videos, tmp, args.seconds, tmp / "cache")
-        print(_table("\n3. keyframe interval (100-frame 256x256 copies)", results["keyframes"]), flush=True)
+        print(_table("\n3. keyframe interval (100-frame 256x256 copies)", results["keyframes"]),
+              flush=True)
         shutil.rmtree(tmp / "cache", ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

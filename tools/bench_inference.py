@@ -1,8 +1,8 @@
 """Output frames per second of frame interpolation, through the real windowing pipeline.
 
-    python tools/bench_inference.py                                  # shipped teacher + student
+    python tools/bench_inference.py                                 # shipped teacher + student
     python tools/bench_inference.py --teacher runs/interp --student runs/interp-student
-    python tools/bench_inference.py --untrained unet-tiny --steps 1,2,10   # speed of an architecture
+    python tools/bench_inference.py --untrained unet-tiny --steps 1,2,10  # an architecture's speed
     python tools/bench_inference.py --device cuda --precision bf16 --compile
 
 Frames of a moving texture go through ``TemporalBlender`` (windows, overlap, blending) and
@@ -32,8 +32,8 @@ def moving_texture(n: int, h: int, w: int) -> list[torch.Tensor]:
 
 def bench(bundle, steps: int, size: tuple[int, int], frames: int, args) -> float:
     keys, factor = window_inputs(bundle)
-    fn = build_window_fn(bundle, 1, steps, None, args.device, args.precision, args.tile, args.batch, 0,
-                 args.compile)
+    fn = build_window_fn(bundle, 1, steps, None, args.device, args.precision, args.tile,
+                         args.batch, 0, args.compile)
     inputs = moving_texture(frames + keys, *size)
     warm = TemporalBlender(fn, keys, keys // 2, factor, keep_inputs=True, batch=args.batch)
     for frame in inputs[:keys]:

@@ -115,9 +115,10 @@ def bench_one(name: str, size: int, args: argparse.Namespace, device: torch.devi
               matmul: float, sheet: float | None) -> dict:
     shape = (args.batch, 3, args.frames, size, size)
     params, fwd_flops, train_flops = model_flops(name, shape)
-    row = {"config": name, "size": size, "batch": args.batch, "frames": args.frames, "params_M": params / 1e6,
-           "device": str(device), "dtype": args.dtype, "compile": args.compile,
-           "channels_last": args.channels_last, "fwd_gflop": fwd_flops / 1e9, "train_gflop": train_flops / 1e9}
+    row = {"config": name, "size": size, "batch": args.batch, "frames": args.frames,
+           "params_M": params / 1e6, "device": str(device), "dtype": args.dtype,
+           "compile": args.compile, "channels_last": args.channels_last,
+           "fwd_gflop": fwd_flops / 1e9, "train_gflop": train_flops / 1e9}
     if args.flops_only:
         return row
     torch.manual_seed(0)
@@ -149,7 +150,8 @@ def bench_one(name: str, size: int, args: argparse.Namespace, device: torch.devi
     except torch.cuda.OutOfMemoryError:
         row["error"] = "out of memory"
         return row
-    row["peak_mem_GB"] = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    row["peak_mem_GB"] = (torch.cuda.max_memory_allocated(device) / 1e9
+                          if device.type == "cuda" else None)
     row["fwd_tflops"] = fwd_flops / row["fwd_s"] / 1e12
     row["train_tflops"] = train_flops / row["train_s"] / 1e12
     row["clips_per_s"] = args.batch / row["train_s"]
@@ -172,10 +174,12 @@ def format_row(r: dict) -> str:
     if "error" in r:
         return f"{r['config']:<11}{r['size']:>5}{r['params_M']:>10.2f}  {r['error']}"
     if "train_s" not in r:  # --flops-only
-        return f"{r['config']:<11}{r['size']:>5}{r['params_M']:>10.2f}{'':>31}{r['train_gflop']:>11.1f}"
+        return (f"{r['config']:<11}{r['size']:>5}{r['params_M']:>10.2f}{'':>31}"
+                f"{r['train_gflop']:>11.1f}")
     return (f"{r['config']:<11}{r['size']:>5}{r['params_M']:>10.2f}{1e3 * r['fwd_s']:>10.1f}"
             f"{1e3 * r['train_s']:>12.1f}{r['clips_per_s']:>9.2f}{r['train_gflop']:>11.1f}"
-            f"{r['train_tflops']:>9.3f}{fmt(100 * r['train_mfu'] if 'train_mfu' in r else None, '.1f'):>7}"
+            f"{r['train_tflops']:>9.3f}"
+            f"{fmt(100 * r['train_mfu'] if 'train_mfu' in r else None, '.1f'):>7}"
             f"{100 * r['train_vs_matmul']:>10.1f}{fmt(r['peak_mem_GB'], '.2f'):>9}")
 
 
@@ -183,21 +187,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="unet-small,unet-base,dit-small,dit-base",
                         help="comma-separated names or YAML paths accepted by tcvbm.models.create")
-    parser.add_argument("--sizes", default="64,128,256", help="comma-separated square frame sizes H = W")
+    parser.add_argument("--sizes", default="64,128,256",
+                        help="comma-separated square frame sizes H = W")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last weights (convolutions)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last weights (convolutions)")
     parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (torch.set_num_threads); default: torch's")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--peak-size", type=int,
-                        help="matmul size of the peak measurement (default: 8192 on CUDA, 2048 on CPU)")
+                        help="matmul size of the peak measurement "
+                             "(default: 8192 on CUDA, 2048 on CPU)")
     parser.add_argument("--peak-tflops", type=float,
-                        help="the device's peak in --dtype for MFU (default: data sheet of known GPUs)")
+                        help="the device's peak in --dtype for MFU "
+                             "(default: data sheet of known GPUs)")
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs, time nothing")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
@@ -212,9 +221,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     cuda = device.type == "cuda"
     peak_size = args.peak_size or (8192 if cuda else 2048)
-    matmul = 0.0 if args.flops_only else matmul_peak_tflops(device, dtype, peak_size, iters=20 if cuda else 3)
+    matmul = 0.0 if args.flops_only else matmul_peak_tflops(device, dtype, peak_size,
+                                                             iters=20 if cuda else 3)
     sheet = args.peak_tflops or datasheet_tflops(device, args.dtype)
-    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    where = (torch.cuda.get_device_name(device) if cuda
+             else f"CPU, {torch.get_num_threads()} threads")
     if not args.flops_only:
         print(f"measured {args.dtype} matmul ({peak_size}^3): {matmul:.3f} TFLOP/s on {where}; "
               f"peak for MFU: {f'{sheet} TFLOP/s' if sheet else 'unknown (give --peak-tflops)'}")
@@ -226,8 +237,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(format_row(rows[-1]), flush=True)
             if args.json:  # after every row: a later row killed for memory loses only itself
                 args.json.write_text(json.dumps(
-                    {"matmul_tflops": matmul, "peak_size": peak_size, "peak_tflops": sheet, "device": where,
-                     "torch": torch.__version__, "grad_checkpointing": args.grad_checkpointing,
+                    {"matmul_tflops": matmul, "peak_size": peak_size, "peak_tflops": sheet,
+                     "device": where, "torch": torch.__version__,
+                     "grad_checkpointing": args.grad_checkpointing,
                      "rows": rows}, indent=2))
     return rows
 

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tcvbm.evaluate import markdown_table  # noqa: E402
 
+
 def load(runs: list[tuple[str, Path]]) -> list[dict]:
     rows = []
     for i, (name, folder) in enumerate(runs):

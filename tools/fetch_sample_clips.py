@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     make_splits(args.out, manifest)
     for name, info in manifest.items():
         print(f"{name:13s} {info['width']}x{info['height']}x{info['frames']} "
-              f"{info['fps']:.3f} fps audio={'yes' if info['audio'] else 'no'} -> {args.out / info['file']}")
+              f"{info['fps']:.3f} fps audio={'yes' if info['audio'] else 'no'} "
+              f"-> {args.out / info['file']}")
     splits: dict[str, list[str]] = {}
     for name, info in manifest.items():
         splits.setdefault(info["split"], []).append(name)

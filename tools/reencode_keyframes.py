@@ -31,7 +31,7 @@ from tcvbm.data.writer import DEFAULT_GOP, VideoWriter
 CHUNK = 32  # frames handed to the encoder at a time: bounded memory for long videos
 
 
-def _frames(path: Path) -> Iterator[np.ndarray]:
+def _decode_frames(path: Path) -> Iterator[np.ndarray]:
     with av.open(str(path)) as container:
         batch = []
         for frame in container.decode(video=0):
@@ -52,7 +52,7 @@ def reencode(src: Path, dst: Path, gop: int = DEFAULT_GOP, crf: int = 18) -> Pat
     if not fps:
         raise ValueError(f"{src}: no frame rate in the container")
     with VideoWriter(dst, fps, audio_from=src if has_audio else None, gop=gop, crf=crf) as writer:
-        for batch in _frames(src):
+        for batch in _decode_frames(src):
             writer.write(batch)
     return dst
 

@@ -63,7 +63,7 @@ class SourceSpec(Protocol):
     options: Mapping[str, Any]
 
 
-class _Passes:
+class _SourcePasses:
     """One source's clips in this shard, pass after pass, from the source epoch ``first``."""
 
     def __init__(self, source: ClipSource, first: int) -> None:
@@ -120,7 +120,7 @@ class Mixture(ShardedEpochs):
         slots = len(range(self.rank, self.clips_per_epoch, self.world_size)[wid::workers])
         # tag 5: draws apart from those of sources seeded alike (ClipDataset uses 1 to 3)
         rng = np.random.default_rng([self.seed, epoch, self.rank * workers + wid, 5])
-        streams = [_Passes(s, epoch * self.clips_per_epoch) for s in self.sources]
+        streams = [_SourcePasses(s, epoch * self.clips_per_epoch) for s in self.sources]
         weights = self.weights.copy()
         for taken in range(slots):
             clip = None

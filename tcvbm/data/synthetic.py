@@ -35,8 +35,18 @@ from torch import Tensor
 
 from tcvbm.data.clips import ShardedEpochs
 from tcvbm.data.files import list_files
-from tcvbm.data.scene import (MASK_KINDS, ClipPlan, LayerPlan, Motion, footprint, frame_corners,
-                              mask_alpha, mask_outline, relight, sample_layer)
+from tcvbm.data.scene import (
+    MASK_KINDS,
+    ClipPlan,
+    LayerPlan,
+    Motion,
+    footprint,
+    frame_corners,
+    mask_alpha,
+    mask_outline,
+    relight,
+    sample_layer,
+)
 from tcvbm.data.video import IMAGE_EXTENSIONS, Size, as_hw
 from tcvbm.data.visual import from_uint8
 

@@ -56,7 +56,8 @@ __all__ = [
 ]
 
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".ogv", ".gif"}
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
+     ".3gp", ".ogv", ".gif"}
 )
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -72,7 +73,8 @@ def as_hw(size: Size, name: str = "size") -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
     if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-        raise ValueError(f"{name} must be a positive int or (H, W) pair of positive ints, got {size!r}")
+        raise ValueError(f"{name} must be a positive int or (H, W) pair of positive ints, "
+                         f"got {size!r}")
     return int(size[0]), int(size[1])
 
 
@@ -97,7 +99,8 @@ def cover_geometry(
     else:
         top, left, ch, cw = crop
         if ch <= 0 or cw <= 0 or top < 0 or left < 0 or top + ch > h0 or left + cw > w0:
-            raise ValueError(f"crop {crop!r} (top, left, height, width) does not fit in a {h0}x{w0} frame")
+            raise ValueError(f"crop {crop!r} (top, left, height, width) does not fit in a "
+                             f"{h0}x{w0} frame")
         if size is None:
             return (h0, w0), (int(top), int(left), int(ch), int(cw))
     h, w = as_hw(size)
@@ -112,7 +115,8 @@ def clip_indices(start: int, num_frames: int, stride: int, length: int) -> list[
         raise ValueError(f"num_frames and stride must be >= 1, got {num_frames} and {stride}")
     last = start + (num_frames - 1) * stride
     if start < 0 or last >= length:
-        raise ValueError(f"clip frames {start}..{last} (stride {stride}) outside a video of {length} frames")
+        raise ValueError(f"clip frames {start}..{last} (stride {stride}) outside a video of "
+                         f"{length} frames")
     return list(range(start, last + 1, stride))
 
 
@@ -131,7 +135,8 @@ class _FrameSource:
     def _read(self, indices: list[int], scaled_hw: tuple[int, int] | None) -> np.ndarray:
         raise NotImplementedError
 
-    def read(self, indices: Sequence[int], size: Size | None = None, crop: Box | None = None) -> torch.Tensor:
+    def read(self, indices: Sequence[int], size: Size | None = None,
+             crop: Box | None = None) -> torch.Tensor:
         """Frames ``indices`` (any order, repeats allowed) as uint8 ``(n, H, W, 3)``.
 
         With ``size``/``crop`` see :func:`cover_geometry`; without them the frames are
@@ -144,7 +149,8 @@ class _FrameSource:
         return frames
 
     def read_resized(self, indices: Sequence[int], hw: tuple[int, int]) -> torch.Tensor:
-        """Frames ``indices`` scaled to exactly ``hw`` (H, W) during decoding, uint8 ``(n, H, W, 3)``."""
+        """Frames ``indices`` scaled to exactly ``hw`` (H, W) during decoding, uint8
+        ``(n, H, W, 3)``."""
         idx = [int(i) for i in indices]
         n = len(self)
         bad = [i for i in idx if not 0 <= i < n]
@@ -235,7 +241,8 @@ class VideoReader(_FrameSource):
         self._decord.clear()
 
     def __repr__(self) -> str:
-        return f"VideoReader({self.path!r}, backend={self.backend!r}, frames={len(self)}, fps={self.fps:.3f}, size={self.size})"
+        return (f"VideoReader({self.path!r}, backend={self.backend!r}, frames={len(self)}, "
+                f"fps={self.fps:.3f}, size={self.size})")
 
     def __getstate__(self) -> dict:
         # Open decoders do not survive pickling (spawned workers): reopen there.
@@ -261,7 +268,8 @@ class VideoReader(_FrameSource):
         if reader is None:
             h, w = scaled_hw or (-1, -1)
             try:
-                reader = decord.VideoReader(self.path, ctx=decord.cpu(0), width=w, height=h, num_threads=self.threads)
+                reader = decord.VideoReader(self.path, ctx=decord.cpu(0), width=w, height=h,
+                                            num_threads=self.threads)
             except Exception as e:  # decord raises bare RuntimeError/DECORDError
                 raise VideoReadError(self.path, f"decord cannot open it: {short_error(e)}") from e
             self._decord[scaled_hw] = reader
@@ -366,7 +374,8 @@ class ImageSequenceReader(_FrameSource):
     (``Image.draft``), the image analogue of scaling during video decoding.
     """
 
-    def __init__(self, files: Sequence[str | os.PathLike], fps: float = 0.0, name: str | None = None) -> None:
+    def __init__(self, files: Sequence[str | os.PathLike], fps: float = 0.0,
+                 name: str | None = None) -> None:
         self.files = [os.fspath(f) for f in files]
         if not self.files:
             raise ValueError("ImageSequenceReader needs at least one image file")

@@ -20,8 +20,10 @@ __all__ = ["to_uint8", "from_uint8", "frame_grid", "save_grid_png", "save_gif"]
 
 
 def to_uint8(clip: torch.Tensor) -> torch.Tensor:
-    """float ``([B,] C, N, H, W)`` in [-1, 1] -> uint8 ``([B,] N, H, W, 3)`` (1 channel -> gray RGB)."""
-    if not isinstance(clip, torch.Tensor) or clip.ndim not in (4, 5) or clip.shape[-4] not in (1, 3):
+    """float ``([B,] C, N, H, W)`` in [-1, 1] -> uint8 ``([B,] N, H, W, 3)`` (1 channel -> gray
+    RGB)."""
+    if (not isinstance(clip, torch.Tensor) or clip.ndim not in (4, 5)
+            or clip.shape[-4] not in (1, 3)):
         shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
         raise ValueError(f"clip must be a ([B,] C, N, H, W) tensor with C in (1, 3), got {shape}")
     x = ((clip.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -29,12 +31,14 @@ def to_uint8(clip: torch.Tensor) -> torch.Tensor:
     return x.expand(*x.shape[:-1], 3).contiguous() if x.shape[-1] == 1 else x.contiguous()
 
 
-def from_uint8(frames: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def from_uint8(frames: torch.Tensor | np.ndarray,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 ``([B,] N, H, W, 3)`` -> float ``([B,] 3, N, H, W)`` in [-1, 1]."""
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(frames)
     if frames.dtype != torch.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 ([B,] N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        raise ValueError(f"frames must be uint8 ([B,] N, H, W, 3), got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
     return frames.movedim(-1, -4).to(dtype).div(127.5).sub(1)
 
 
@@ -88,7 +92,8 @@ def frame_grid(frames: np.ndarray, pad: int = 2, margin: int = 0) -> np.ndarray:
 
 
 def save_grid_png(
-    clips: torch.Tensor | np.ndarray | Sequence, path: str | os.PathLike, pad: int = 2, max_frames: int | None = None
+    clips: torch.Tensor | np.ndarray | Sequence, path: str | os.PathLike, pad: int = 2,
+    max_frames: int | None = None,
 ) -> str:
     """One row per clip, one column per frame, on a white background.
 
@@ -101,7 +106,8 @@ def save_grid_png(
     return _save_image(Image.fromarray(frame_grid(pixels, pad, margin=pad)), path)
 
 
-def save_gif(clips: torch.Tensor | np.ndarray | Sequence, path: str | os.PathLike, fps: float = 8.0, pad: int = 2) -> str:
+def save_gif(clips: torch.Tensor | np.ndarray | Sequence, path: str | os.PathLike,
+             fps: float = 8.0, pad: int = 2) -> str:
     """An animated GIF; several clips play side by side. Same inputs as :func:`save_grid_png`."""
     pixels = _as_pixels(clips)
     # frame t of the animation: frame t of every clip, side by side

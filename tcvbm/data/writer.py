@@ -61,7 +61,8 @@ def fps_fraction(fps: float | Fraction) -> Fraction:
     """fps as a small fraction (29.97 -> 30000/1001), the form container time bases need."""
     if isinstance(fps, Fraction) and fps > 0:
         return fps
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
+    if (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps)
+            or fps <= 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     return Fraction(fps).limit_denominator(1001)
 
@@ -116,7 +117,8 @@ def _as_frames(frames: FrameBatch) -> np.ndarray:
         frames = frames[None]
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(
-            f"frames must be uint8 (n, H, W, 3) or (H, W, 3), got {frames.dtype} {tuple(frames.shape)} "
+            f"frames must be uint8 (n, H, W, 3) or (H, W, 3), got {frames.dtype} "
+            f"{tuple(frames.shape)} "
             "(convert [-1, 1] clips with tcvbm.data.to_uint8)"
         )
     return np.ascontiguousarray(frames)
@@ -199,7 +201,8 @@ class VideoWriter:
             self._shape = (h, w)
             self._start(h, w)
         elif self._shape != (h, w):
-            raise ValueError(f"frame size changed from {self._shape} to {(h, w)} while writing {self.path!r}")
+            raise ValueError(f"frame size changed from {self._shape} to {(h, w)} while writing "
+                             f"{self.path!r}")
         if self._pads and (h % 2 or w % 2):
             batch = np.pad(batch, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         for array in batch:
@@ -280,7 +283,8 @@ class _AudioCopier:
             self._out_stream = out.add_stream_from_template(self._stream)
         else:
             self._out_stream = out.add_stream("aac", rate=self._stream.rate or 48000)
-            self._resampler = av.AudioResampler(format="fltp", layout=self._stream.layout.name, rate=self._out_stream.rate)
+            self._resampler = av.AudioResampler(format="fltp", layout=self._stream.layout.name,
+                                                rate=self._out_stream.rate)
         self._out = out
         self._packets = self._in.demux(self._stream)
 

@@ -81,7 +81,8 @@ def select_kernel(q: torch.Tensor, kernel: Kernel = "auto") -> str:
         return "sdpa"
     usable = q.device.type == "cuda" and xformers_usable(q.device, q.dtype)
     if kernel == "xformers" and not usable:
-        raise ValueError(f"kernel='xformers' requested but xformers cannot run on {q.device}/{q.dtype}")
+        raise ValueError(f"kernel='xformers' requested but xformers cannot run on "
+                         f"{q.device}/{q.dtype}")
     name = "xformers" if usable else "sdpa"
     key = (str(q.device), q.dtype, name)
     if key not in _logged:
@@ -164,7 +165,8 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, angles: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3,
+                            h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if angles is not None:
             q, k = apply_rope(q, angles), apply_rope(k, angles)

@@ -19,7 +19,14 @@ from einops import rearrange
 from torch import nn
 
 from .attention import Attention, rope_angles
-from .layers import LayerNorm32, TemporalModule, TimestepEmbedding, VideoBackbone, pad_to_multiple, zero_module
+from .layers import (
+    LayerNorm32,
+    TemporalModule,
+    TimestepEmbedding,
+    VideoBackbone,
+    pad_to_multiple,
+    zero_module,
+)
 
 AttentionMode = Literal["factorised", "full"]
 
@@ -56,19 +63,22 @@ class DiTBlock(TemporalModule):
     both modes attend within each frame only.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, mode: AttentionMode, qk_norm: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, mode: AttentionMode,
+                 qk_norm: bool) -> None:
         super().__init__()
         self.mode = mode
         self.norm_attn = LayerNorm32(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, qk_norm)
-        self.norm_time = LayerNorm32(dim, elementwise_affine=False, eps=1e-6) if mode == "factorised" else None
+        self.norm_time = (LayerNorm32(dim, elementwise_affine=False, eps=1e-6)
+                          if mode == "factorised" else None)
         self.attn_time = Attention(dim, num_heads, qk_norm) if mode == "factorised" else None
         self.norm_mlp = LayerNorm32(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.num_mods = 9 if mode == "factorised" else 6
         self.ada = zero_module(nn.Linear(dim, self.num_mods * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, num_frames: int, angles: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, num_frames: int,
+                angles: dict[str, torch.Tensor]) -> torch.Tensor:
         mods = self.ada(F.silu(c)).chunk(self.num_mods, dim=-1)
         n = num_frames
         shift, scale, gate = mods[0:3]
@@ -82,8 +92,8 @@ class DiTBlock(TemporalModule):
         if self.mode == "factorised" and self.temporal_active(n):
             shift, scale, gate = mods[6:9]
             h = rearrange(modulate(self.norm_time(x), shift, scale), "b (n l) d -> (b l) n d", n=n)
-            l = x.shape[1] // n
-            h = rearrange(self.attn_time(h, angles["time"]), "(b l) n d -> b (n l) d", l=l)
+            h = rearrange(self.attn_time(h, angles["time"]), "(b l) n d -> b (n l) d",
+                          l=x.shape[1] // n)
             x = x + gate[:, None] * h
         shift, scale, gate = mods[3:6]
         return x + gate[:, None] * self.mlp(modulate(self.norm_mlp(x), shift, scale))
@@ -157,5 +167,6 @@ class DiTVideo(VideoBackbone):
             tokens = self.checkpointed(block, tokens, c, n, angles)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
-        out = rearrange(out, "b (n hp wp) (p1 p2 c) -> b c n (hp p1) (wp p2)", n=n, hp=hp, p1=p, p2=p)
+        out = rearrange(out, "b (n hp wp) (p1 p2 c) -> b c n (hp p1) (wp p2)", n=n, hp=hp,
+                        p1=p, p2=p)
         return out[..., :h, :w]

@@ -54,7 +54,8 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
     """Sinusoidal features ``(B, dim)`` of ``t`` in [0, 1] (scaled by 1000 so that the
     fastest frequencies resolve the fine time differences a few-step sampler makes)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    steps = torch.arange(half, device=t.device, dtype=torch.float32)
+    freqs = torch.exp(-math.log(max_period) * steps / half)
     args = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -219,7 +220,8 @@ class VideoBackbone(ModelMixin, ConfigMixin):
         if cfg.conditional:
             if cond is None or cond.shape != x_t.shape:
                 got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"cond must be shaped like x_t {tuple(x_t.shape)} for a conditional model, got {got}")
+                raise ValueError(f"cond must be shaped like x_t {tuple(x_t.shape)} for a "
+                                 f"conditional model, got {got}")
             parts.append(cond.to(x_t.dtype))
         if cfg.context_channels:
             if context is None or context.shape != (b, cfg.context_channels, n, h, w):
@@ -247,7 +249,8 @@ class VideoBackbone(ModelMixin, ConfigMixin):
                 )
             parts.append(noise.to(x_t.dtype))
         elif noise is not None:
-            raise ValueError("noise given to a model without noise channels (call add_noise_channels first)")
+            raise ValueError("noise given to a model without noise channels "
+                             "(call add_noise_channels first)")
         out = self.predict(torch.cat(parts, dim=1), t)
         if cfg.fusion:
             return self._fuse(out, context)

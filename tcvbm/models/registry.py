@@ -34,7 +34,8 @@ def _check_kwargs(cls: type[VideoBackbone], kwargs: dict[str, Any], source: str)
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(f"{source}: unknown {cls.__name__} option(s) {unknown}; valid: {sorted(allowed)}")
+        raise ValueError(f"{source}: unknown {cls.__name__} option(s) {unknown}; "
+                         f"valid: {sorted(allowed)}")
 
 
 def from_yaml(path: str | Path, **overrides: Any) -> VideoBackbone:
@@ -45,7 +46,8 @@ def from_yaml(path: str | Path, **overrides: Any) -> VideoBackbone:
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read model config: {err}") from err
     if not isinstance(spec, dict) or spec.get("arch") not in ARCHITECTURES:
-        raise ValueError(f"{path}: a model config is a mapping with 'arch' in {sorted(ARCHITECTURES)}")
+        raise ValueError(f"{path}: a model config is a mapping with 'arch' in "
+                         f"{sorted(ARCHITECTURES)}")
     spec = dict(spec)
     cls = ARCHITECTURES[spec.pop("arch")]
     _check_kwargs(cls, spec, str(path))
@@ -80,7 +82,8 @@ def create(name_or_path: str | Path, **overrides: Any) -> VideoBackbone:
     path = Path(name_or_path)
     if path.is_dir() and (path / "config.json").is_file():
         if overrides:
-            raise ValueError(f"{path}: overrides {sorted(overrides)} cannot be applied to saved weights")
+            raise ValueError(f"{path}: overrides {sorted(overrides)} cannot be applied to saved "
+                             "weights")
         return load_pretrained(path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return from_yaml(path, **overrides)

@@ -167,7 +167,8 @@ class UNetVideo(VideoBackbone):
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         levels = len(channel_mult)
-        for name, lv in (("attention_levels", attention_levels), ("temporal_attention_levels", temporal_attention_levels)):
+        for name, lv in (("attention_levels", attention_levels),
+                         ("temporal_attention_levels", temporal_attention_levels)):
             if any(not 0 <= i < levels for i in lv):
                 raise ValueError(f"{name} {list(lv)} must index channel_mult (0..{levels - 1})")
         widths = [base_channels * m for m in channel_mult]
@@ -183,8 +184,10 @@ class UNetVideo(VideoBackbone):
         self.conv_in = (nn.Conv2d(stacked, widths[0], 3, padding=1) if patch_size == 1
                         else nn.Conv2d(stacked, widths[0], patch_size, stride=patch_size))
 
-        def unit(cin: int, cout: int, level: int, resample: nn.Module | None = None, mid: bool = False) -> Unit:
-            spatial = SpatialAttention(cout, head_dim, groups) if mid or level in attention_levels else None
+        def unit(cin: int, cout: int, level: int, resample: nn.Module | None = None,
+                 mid: bool = False) -> Unit:
+            spatial = (SpatialAttention(cout, head_dim, groups)
+                       if mid or level in attention_levels else None)
             t_attn = mid or level in temporal_attention_levels
             return Unit(ResBlock(cin, cout, emb_dim, groups, dropout), spatial,
                         TemporalMixer(cout, head_dim, groups, t_attn), resample)

@@ -34,22 +34,27 @@ from tqdm.auto import tqdm
 
 from tcvbm.atomic import replace_dir
 from tcvbm.bridges import Bridge
-from tcvbm.runs import (InferenceBundle, checkpoints_dir, latest_checkpoint, list_checkpoints,
-                        model_dir, save_bundle)
+from tcvbm.runs import (
+    InferenceBundle,
+    checkpoints_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    model_dir,
+    save_bundle,
+)
 from tcvbm.tasks import Task
 from tcvbm.train import sharding
 from tcvbm.train.logs import LogSettings, LogWindow, MetricsFile, Throughput, progress_postfix
 from tcvbm.train.objectives import LossOutput, SampleRandom, frozen
-from tcvbm.train.streams import (Batches, DataStream, data_stream, read_data_state,
-                                 write_data_state)
+from tcvbm.train.streams import Batches, DataStream, data_stream, read_data_state, write_data_state
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "TrainerState", "Objective", "Evaluation",
            "Optimization", "EMASettings", "AcceleratorOptions", "CheckpointPolicy"]
 
 
 class Objective(Protocol):
-    kind: str
-    export: str
+    bundle_kind: str  # what the saved model is: one of tcvbm.runs.KINDS
+    exported_network: str  # the trainable network saved as the model, with its EMA
     bridge: Bridge
     task: Task
     sampler: str
@@ -179,7 +184,7 @@ class _ExportedEMA:
     def bundle(self, module: nn.Module) -> InferenceBundle:
         o = self.objective
         return InferenceBundle(module, o.bridge, o.task, self.num_frames, self.size, o.sampler,
-                               o.steps, o.kind)
+                               o.steps, o.bundle_kind)
 
     @contextlib.contextmanager
     def _swapped(self) -> Iterator[None]:
@@ -316,7 +321,8 @@ def fit(objective: Objective, data: Dataset, run_dir: Path, *, max_steps: int, s
     names = list(objective.trainables)
     if options.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
-    export_cls = type(objective.trainables[objective.export])  # before sharding renames it
+    # The exported network's class, taken before sharding renames it.
+    export_cls = type(objective.trainables[objective.exported_network])
     objective.to(device)
     modules = [objective.trainables[n] for n in names]
     if options.fsdp:
@@ -333,7 +339,7 @@ def fit(objective: Objective, data: Dataset, run_dir: Path, *, max_steps: int, s
         prepared = dict(zip(names, handed[: len(names)]))
         optimizers = dict(zip(names, handed[len(names):]))
     networks = {n: accelerator.unwrap_model(prepared[n]) for n in names}
-    averaged = ema.average(networks[objective.export])
+    averaged = ema.average(networks[objective.exported_network])
     state = TrainerState()
     # accelerate saves these with its own state; sharding.save writes the sharded EMA.
     for obj in (*schedules.values(), *(() if options.fsdp else (averaged,)), state):
@@ -355,8 +361,8 @@ def fit(objective: Objective, data: Dataset, run_dir: Path, *, max_steps: int, s
     rank = accelerator.process_index
     stream = data_stream(data, batches, seed, accelerator.num_processes, rank, state.step,
                          max_steps, read_data_state(resume_from, rank))
-    exported = _ExportedEMA(objective, networks[objective.export], export_cls, averaged,
-                            num_frames, size, options.fsdp, main, device)
+    exported = _ExportedEMA(objective, networks[objective.exported_network], export_cls,
+                            averaged, num_frames, size, options.fsdp, main, device)
     result = FitResult(run_dir, state.step, resumed)
     window, perf = LogWindow(names, logging.t_buckets), Throughput()
     bar = tqdm(total=max_steps, initial=state.step, disable=not (main and logging.progress),
@@ -377,7 +383,7 @@ def fit(objective: Objective, data: Dataset, run_dir: Path, *, max_steps: int, s
             grad_norm = accelerator.clip_grad_norm_(nets[phase].parameters(), optimization.max_norm)
             optimizers[phase].step()
             schedules[phase].step()
-            if phase == objective.export:
+            if phase == objective.exported_network:
                 averaged.step(networks[phase].parameters())
             result.losses.append(window.add(phase, *step_losses, sharding.as_float(grad_norm)))
         else:

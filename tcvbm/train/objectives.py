@@ -243,11 +243,12 @@ def _sources(task: Task, x0: Tensor, rng: SampleRandom) -> tuple[Tensor, Tensor 
 class BridgeMatching:
     """Bridge matching: regress X_0 from X_t (and X_1 when the model is conditional)."""
 
-    kind = "bridge"
-    export = "model"
+    bundle_kind = "bridge"
+    exported_network = "model"
 
     def __init__(self, model: nn.Module, bridge: Bridge, task: Task, times: TimeSampler,
-                 weighting: Weighting, lr: float, sampler: str = "stochastic", steps: int = 4) -> None:
+                 weighting: Weighting, lr: float, sampler: str = "stochastic",
+                 steps: int = 4) -> None:
         self.model, self.bridge, self.task = model, bridge, task
         self.times, self.weighting = times, weighting
         self.lrs = {"model": lr}
@@ -297,8 +298,8 @@ class InverseDistillation:
     step's sources, as the teacher was trained to.
     """
 
-    kind = "generator"
-    export = "generator"
+    bundle_kind = "generator"
+    exported_network = "generator"
 
     def __init__(self, teacher: nn.Module, fake: nn.Module, generator: nn.Module, bridge: Bridge,
                  task: Task, times: TimeSampler, weighting: Weighting, lr: float, fake_lr: float,

@@ -23,8 +23,15 @@ from tcvbm.evaluate import TrainingEval, pick_clips
 from tcvbm.runs import checkpoint_step, latest_checkpoint, load_bundle
 from tcvbm.tasks import Task, get_task
 from tcvbm.train.logs import LogSettings
-from tcvbm.train.loop import (AcceleratorOptions, CheckpointPolicy, EMASettings, FitResult,
-                              Objective, Optimization, fit)
+from tcvbm.train.loop import (
+    AcceleratorOptions,
+    CheckpointPolicy,
+    EMASettings,
+    FitResult,
+    Objective,
+    Optimization,
+    fit,
+)
 from tcvbm.train.objectives import BridgeMatching, InverseDistillation, TimeSampler, Weighting
 from tcvbm.train.streams import Batches
 

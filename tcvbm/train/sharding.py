@@ -62,7 +62,8 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
     Collective: every process must call it.
     """
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(module,
+                                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def as_float(value: torch.Tensor) -> float:
@@ -79,8 +80,8 @@ def _state(modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Opti
     return state
 
 
-def save(directory: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-         ema: EMAModel) -> None:
+def save(directory: Path, modules: dict[str, nn.Module],
+         optimizers: dict[str, torch.optim.Optimizer], ema: EMAModel) -> None:
     """Write every process's shards of models, optimizers and EMA under ``directory``."""
     dcp.save(_state(modules, optimizers, ema), checkpoint_id=str(directory / SHARDS_DIR))
     if dist.get_rank() == 0:
@@ -88,8 +89,8 @@ def save(directory: Path, modules: dict[str, nn.Module], optimizers: dict[str, t
         (directory / EMA_COUNTERS).write_text(json.dumps(counters))
 
 
-def load(directory: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-         ema: EMAModel) -> None:
+def load(directory: Path, modules: dict[str, nn.Module],
+         optimizers: dict[str, torch.optim.Optimizer], ema: EMAModel) -> None:
     """Restore what :func:`save` wrote into the (already sharded) modules, optimizers and EMA."""
     shards = directory / SHARDS_DIR
     if not shards.is_dir():
