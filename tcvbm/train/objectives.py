@@ -10,8 +10,10 @@ backward passes.
 Randomness comes from :class:`SampleRandom`: every sample of a step draws its time, noise
 and degradation from its own generator, seeded by (run seed, step, slot in the global
 batch). A sample's randomness therefore does not depend on how the global batch is split
-over processes or micro-batches, so one process and several processes compute the same
-losses, and a resumed run repeats the draws of an uninterrupted one.
+over processes or micro-batches, and a resumed run repeats the draws of an uninterrupted one.
+With map-style data one process and several compute the same losses; a streaming dataset
+(every process reads its own videos) fills a step's global batch with other clips when the
+process count changes (see :class:`tcvbm.train.streams._ShardStream`).
 
 The math (bridge marginals, posterior steps) lives in :mod:`tcvbm.bridges`; the losses
 follow ``docs/training.md`` and the distillation notes it points to.
