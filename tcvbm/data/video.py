@@ -31,12 +31,8 @@ import torch
 from PIL import Image
 
 from tcvbm.data.errors import VideoReadError
-from tcvbm.data.frame_index import (
-    FrameIndex,
-    PyAVDecoder,
-    frame_index,
-    short_error,
-)
+from tcvbm.data.frame_index import FrameIndex, frame_index, short_error
+from tcvbm.data.pyav_decoder import PyAVDecoder
 
 try:  # decord is optional: PyAV reads everything it reads
     import decord
