@@ -67,7 +67,8 @@ def _window_flags(p: argparse.ArgumentParser) -> None:
     """How a video is cut into windows in time (interpolate, upscale)."""
     p.add_argument("--batch", type=int, default=1, help="windows per model call")
     p.add_argument("--overlap", type=int, default=None, metavar="FRAMES",
-                   help="input frames shared by neighbouring windows (default: half a window)")
+                   help="input frames shared by neighbouring windows (default: one keyframe for "
+                        "interpolation, half a window for upscaling)")
 
 
 def _inference_kwargs(args: argparse.Namespace) -> dict:

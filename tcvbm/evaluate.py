@@ -5,9 +5,10 @@ frame count, resized to cover the model's size and centre-cropped), degraded wit
 restored by each method, and scored on the frames the method had to make (the in-between
 frames of interpolation, every frame after the first for image-to-video, all frames for
 super-resolution) by :func:`score_clip`. ``tcvbm eval`` (:func:`run_eval`) writes
-``metrics.json`` (per clip and means), ``metrics.md`` (one table, model and baselines
-together) and two plots; a training run's periodic evaluation (:class:`TrainingEval`) runs
-the same harness on its held-out clips, its model beside the source.
+``metrics.json`` (per clip, per video and means), ``metrics.md`` (the model, its own source
+and the baselines together; :mod:`tcvbm.eval_report` formats it) and two plots; a training
+run's periodic evaluation (:class:`TrainingEval`) runs the same harness on its held-out
+clips, its model beside the source.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from torch import Tensor
 
 from tcvbm import metrics
 from tcvbm.atomic import AtomicPath
-from tcvbm.baselines import BASELINES
+from tcvbm.baselines import BASELINES, frame_repetition, task_lift
 from tcvbm.data import Entry
 from tcvbm.data.video import VIDEO_EXTENSIONS
+from tcvbm.eval_report import (COLUMNS, markdown_table, mean_of_videos, per_video,
+                               per_video_metrics, per_video_table, plots)
 from tcvbm.pipeline import model_label, model_window_fn, resolve_bundle
 from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import Task, get_task
@@ -37,11 +40,6 @@ __all__ = ["run_eval", "pick_clips", "ClipPlan", "load_eval_clips", "score_clip"
            "score_methods", "evaluate_bundle", "TrainingEval", "Method"]
 
 Clips = list[tuple[str, Tensor]]  # (name, clip (3, N, H, W) in [-1, 1]) pairs
-
-COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
-           ("stlpips", "ST-LPIPS", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
-           ("warp_error", "warp err", "{:.4f}"), ("warp_error_gt", "warp err (GT)", "{:.4f}"),
-           ("seconds_per_frame", "s/frame", "{:.4f}")]
 
 
 @dataclass
@@ -52,6 +50,12 @@ class Method:
     run: Callable[[Tensor], Tensor]
     steps: int | None = None
     results: list[dict] = field(default_factory=list)
+
+
+def _source_method(task: Task, num_frames: int) -> Method:
+    """The task's own lift of the observation, what a model of ``task`` starts from: a model
+    that learnt nothing scores exactly this row."""
+    return Method("source", lambda obs: frame_repetition(task, obs, num_frames))
 
 
 def _video_files(data: str | os.PathLike) -> list[Path]:
@@ -216,7 +220,7 @@ def evaluate_bundle(bundle: InferenceBundle, clips: Clips, out_dir: Path, fps: f
     task, n = bundle.task, bundle.num_frames
     model = Method("model", model_window_fn(bundle, device=str(device), precision=precision,
                                             seed=seed))
-    source = Method("source", lambda obs: task.lift(obs, n))
+    source = _source_method(task, n)
     outputs = score_methods([model, source], clips, task, n, perceptual={}, notes={},
                             temporal=False, keep_outputs=True)
     figures = {}
@@ -304,63 +308,6 @@ def _means(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def markdown_table(summary: list[dict], title: str) -> str:
-    present = [c for c in COLUMNS if any(c[0] in row["mean"] for row in summary)]
-    extra = sorted({k for row in summary for k in row["mean"]} - {c[0] for c in COLUMNS})
-    head = ["method", "steps"] + [label for _, label, _ in present] + extra
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in summary:
-        cells = [row["method"], str(row["steps"] or "")]
-        for key, _, fmt in present:
-            value = row["mean"].get(key)
-            cells.append("" if value is None else fmt.format(value))
-        cells += [f"{row['mean'][k]:.3f}" if k in row["mean"] else "" for k in extra]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _plots(summary: list[dict], out_dir: Path, metric: str = "psnr") -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    model_rows = [r for r in summary if r["steps"]]
-    base_rows = [r for r in summary if not r["steps"]]
-    paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if model_rows:
-        ax.plot([r["steps"] for r in model_rows], [r["mean"][metric] for r in model_rows],
-                "o-", label=model_rows[0]["method"].split("@")[0])
-        ax.set_xscale("log")
-    for i, r in enumerate(base_rows):
-        ax.axhline(r["mean"][metric], ls="--", color=f"C{i + 1}", label=r["method"])
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel(f"{metric.upper()} (mean)")
-    ax.set_title("quality vs steps")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "quality_vs_steps.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, r in enumerate(summary):
-        x = max(r["mean"]["seconds_per_frame"], 1e-6)
-        ax.scatter([x], [r["mean"][metric]], color=f"C{i % 10}")
-        ax.annotate(r["method"], (x, r["mean"][metric]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds per output frame")
-    ax.set_ylabel(f"{metric.upper()} (mean)")
-    ax.set_title("quality vs time")
-    fig.tight_layout()
-    paths.append(out_dir / "quality_vs_time.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
-
-
 def _task(task: str, bundle, factor: int | None, scale: int | None) -> Task:
     if bundle is not None:
         if bundle.task.name != task:
@@ -382,10 +329,13 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     """Evaluate ``model`` at each of ``steps`` (and the baselines) on clips from ``data``.
 
     ``task`` is "interp", "i2v" or "vsr"; without a model only baselines run, on clips of
-    ``num_frames`` (default 9) at ``size`` (default 256). Returns the JSON written to
-    ``output_dir/metrics.json``; ``output_dir/metrics.md`` holds the table and the
-    ``quality_vs_*.png`` plots the trade-offs. Metrics that cannot run honestly here
-    (missing weights, frames too small) are listed under ``"skipped"`` with the reason.
+    ``num_frames`` (default 9) at ``size`` (default 256). A model comes with a ``source``
+    row, the task's lift it starts from, scored like a baseline even without ``baselines``.
+    Returns the JSON written to ``output_dir/metrics.json`` (with ``per_video`` and
+    ``mean_of_videos`` figures); ``output_dir/metrics.md`` holds the table of means over
+    windows and the per-video tables, and the ``quality_vs_*.png`` plots the trade-offs.
+    Metrics that cannot run honestly here (missing weights, frames too small) are listed
+    under ``"skipped"`` with the reason.
     """
     if task not in ("interp", "i2v", "vsr"):
         raise ValueError(f"task: expected 'interp', 'i2v' or 'vsr', got {task!r}")
@@ -404,6 +354,7 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
         for k in (steps or [bundle.steps]):
             fn = model_window_fn(bundle, int(k), sampler, device, precision, seed)
             methods.append(Method(f"{Path(model_label(model)).name}@{k}", fn, int(k)))
+        methods.append(_source_method(the_task, n))
     if baselines:
         for name, base in BASELINES[task].items():
             methods.append(Method(name, lambda obs, base=base: base(the_task, obs, n)))
@@ -422,18 +373,23 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     summary = [{"method": m.name, "steps": m.steps,
                 "mean": _means(m.results),
                 "per_clip": [r for r in m.results if r["clip"] != "__all__"]} for m in methods]
+    by_video = {metric: per_video(summary, metric) for metric in per_video_metrics(summary)}
     result = {"task": the_task.to_config(), "model": model_label(model) if model else None,
               "num_frames": n, "size": list(hw), "clips": [name for name, _ in clips],
               "scored_frames": int(scored.sum()), "device": device, "precision": precision,
-              "methods": summary, "skipped": notes}
+              "methods": summary, "per_video": by_video,
+              "mean_of_videos": {k: mean_of_videos(v) for k, v in by_video.items()},
+              "skipped": notes}
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     title = f"{task} on {Path(data).name}: {len(clips)} clips of {n} frames at {hw[0]}x{hw[1]}"
-    table = markdown_table(summary, title)
+    formats = {key: fmt for key, _, fmt in COLUMNS}
+    table = markdown_table(summary, title) + "".join(
+        "\n" + per_video_table(summary, metric, formats[metric]) for metric in by_video)
     if notes:
         table += "\nSkipped:\n" + "".join(f"- {v}\n" for v in notes.values())
     _write_text(out_dir / "metrics.md", table)
-    result["plots"] = [str(p) for p in _plots(summary, out_dir)]
+    result["plots"] = [str(p) for p in plots(summary, out_dir)]
     result["table"] = table
     return result

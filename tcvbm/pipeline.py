@@ -6,7 +6,9 @@ real videos are longer and larger. The commands here read a stream of frames
 tiles (:mod:`tcvbm.windows`), build each window's source with the task's own ``prepare`` (the
 function used in training), run the sampler, and write the blended result with the input's
 audio. Frames stream from the reader to the writer: memory is bounded by one batch of
-windows, never by the length of the video.
+windows, never by the length of the video. Decoding, the model and encoding run in three
+threads (:func:`tcvbm.data.streams.prefetched`), a few frames apart, so the codecs' time
+hides behind the model's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tcvbm.data.streams import (
     RepairCounter,
     constant_rate_indices,
     open_video,
+    prefetched,
     read_image,
     read_repaired,
     with_progress,
@@ -195,22 +198,23 @@ def _restore_video(input, output, model, task: str, kind: str,
             raise ValueError(f"model: {model_label(model)} is a {bundle.task.name!r} model, "
                              f"not a {kind} model")
         passes = plan(bundle)
-        overlap = passes.inputs // 2 if overlap is None else overlap
+        if overlap is None:   # kept keyframes join interpolating windows exactly: share one
+            overlap = 1 if passes.factor > 1 else passes.inputs // 2
         fn = build_window_fn(bundle, passes.scale, steps, sampler, device, precision, tile,
                              batch, seed, compile)
         indices, fps = constant_rate_indices(reader, warn)
         rate_gain = passes.factor ** passes.count
         if len(indices) == 1 and rate_gain > 1:
             warn(f"input: {input} has a single frame; it is repeated {rate_gain} times")
-        stream: Iterable[Tensor] = read_repaired(reader, indices, warn)
+        stream: Iterable[Tensor] = prefetched(read_repaired(reader, indices, warn))
         for _ in range(passes.count):
             blender = TemporalBlender(fn, passes.inputs, overlap, passes.factor,
                                       keep_inputs=passes.factor > 1, batch=batch)
             stream = restore_stream(stream, blender, SceneCutDetector(enabled=scene_cuts))
         if progress:
             stream = with_progress(stream, len(indices) * rate_gain, progress_label)
-        frames_out = write_counted(stream, output, fps * rate_gain, audio_from=input, crf=crf,
-                                   lossless=lossless)
+        frames_out = write_counted(prefetched(stream), output, fps * rate_gain,
+                                   audio_from=input, crf=crf, lossless=lossless)
     return _summary(input, output, len(indices), frames_out, started, model, bundle, steps,
                     sampler, warn.count, progress)
 
@@ -225,7 +229,9 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
 
     Same duration, fps x ``factor``, audio copied, input frames kept exactly, shots never
     blended across cuts. A model trained for x2 reaches x4/x8 by repeated passes.
-    ``overlap`` counts input frames shared by neighbouring windows (default: half).
+    ``overlap`` counts input frames shared by neighbouring windows (default: one, the
+    keyframe where they meet; it is kept exactly, so windows join without blending and
+    every in-between frame costs one model call; more overlap averages windows).
     ``crf``: x264 quality of the output (0-51, lower is better); ``lossless``: RGB-exact
     output instead (``crf`` then does not apply).
     """

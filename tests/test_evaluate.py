@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from statistics import fmean
 
 import pytest
 import torch
 
 from tcvbm.baselines import flow_interpolation, frame_repetition, get_baseline, linear_blending
+from tcvbm.eval_report import mean_of_videos, per_video, per_video_metrics, per_video_table
 from tcvbm.evaluate import run_eval
 from tcvbm.metrics import PSNR_MAX, psnr
 from tcvbm.tasks import get_task
 
 from conftest import _make_clip as make_clip
-from test_pipeline import source_bundle
+from test_pipeline import moving_frames, source_bundle
 
 
 def write_lossless(path: Path, frames: torch.Tensor, fps: int = 10) -> Path:
@@ -53,7 +55,8 @@ def test_eval_numbers_on_a_linear_fade(tmp_path):
     result = run_eval("interp", data, model=source_bundle(9), steps=[1, 2], baselines=True,
                       output_dir=tmp_path / "eval", clips_per_video=2)
     by_name = {m["method"]: m for m in result["methods"]}
-    assert set(by_name) == {"InferenceBundle@1", "InferenceBundle@2", "repeat", "blend", "flow"}
+    assert set(by_name) == {"InferenceBundle@1", "InferenceBundle@2", "source", "repeat", "blend",
+                            "flow"}
     assert result["clips"] == ["fade@0", "fade@8"] and result["scored_frames"] == 4
     # Blending (and a model that returns its blended source) is exact on a linear fade.
     for name in ("blend", "InferenceBundle@1", "InferenceBundle@2"):
@@ -69,6 +72,57 @@ def test_eval_numbers_on_a_linear_fade(tmp_path):
     assert "| blend |" in table and "PSNR" in table and "ST-LPIPS" in table
     for png in ("quality_vs_steps.png", "quality_vs_time.png"):
         assert (tmp_path / "eval" / png).stat().st_size > 1000
+
+
+def test_per_video_means_weight_each_video_once():
+    """Three windows of one video and one of another: the mean of videos is not the mean of
+    windows, and a video is named by what comes before the last ``@``."""
+    def rows(values: dict[str, float]) -> list[dict]:
+        return [{"clip": clip, "psnr": v, "ssim": v / 100} for clip, v in values.items()]
+
+    summary = [{"method": "model@1", "steps": 1, "mean": {},
+                "per_clip": rows({"a@0": 30.0, "a@8": 32.0, "a@16": 34.0, "take@2@0": 20.0})},
+               {"method": "blend", "steps": None, "mean": {},
+                "per_clip": rows({"a@0": 25.0, "a@8": 25.0, "a@16": 25.0, "take@2@0": 15.0})}]
+    windows = [r["psnr"] for r in summary[0]["per_clip"]]
+    assert fmean(windows) == 29.0
+    table = per_video(summary, "psnr")
+    assert table == {"a": {"model@1": 32.0, "blend": 25.0},
+                     "take@2": {"model@1": 20.0, "blend": 15.0}}
+    assert mean_of_videos(table) == {"model@1": 26.0, "blend": 20.0}
+    assert per_video_metrics(summary) == ["psnr", "ssim"]
+    text = per_video_table(summary, "psnr", "{:.2f}")
+    assert "| video | model@1 | blend |" in text
+    assert "| a | 32.00 | 25.00 |" in text and "| take@2 | 20.00 | 15.00 |" in text
+    assert text.rstrip().endswith("| mean of videos | 26.00 | 20.00 |")
+
+
+def test_eval_scores_the_models_own_source_per_video(tmp_path):
+    """A model that returns its source scores exactly the ``source`` row, which is there
+    without baselines; metrics.md and metrics.json carry the per-video figures."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_lossless(data / "pan.mkv", moving_frames(17))
+    write_lossless(data / "short.mkv", moving_frames(9, seed=1))
+    result = run_eval("interp", data, model=source_bundle(9), steps=[1], baselines=False,
+                      output_dir=tmp_path / "eval", clips_per_video=2)
+    assert result["clips"] == ["pan@0", "pan@8", "short@0"]
+    model, source = result["methods"]
+    assert (model["method"], source["method"], source["steps"]) == ("InferenceBundle@1",
+                                                                     "source", None)
+    assert source["mean"]["psnr"] < 60        # blending is not exact on a pan: a real check
+    for ours, theirs in zip(model["per_clip"], source["per_clip"]):
+        assert ours["psnr"] == pytest.approx(theirs["psnr"], abs=1e-6)
+    saved = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert set(saved["per_video"]) == set(saved["mean_of_videos"]) == {"psnr", "ssim", "stlpips"}
+    pan = fmean(r["psnr"] for r in source["per_clip"] if r["clip"].startswith("pan@"))
+    assert saved["per_video"]["psnr"]["pan"]["source"] == pytest.approx(pan)
+    assert saved["mean_of_videos"]["psnr"]["source"] == pytest.approx(
+        fmean(saved["per_video"]["psnr"][v]["source"] for v in ("pan", "short")))
+    text = (tmp_path / "eval/metrics.md").read_text()
+    for label in ("PSNR", "SSIM", "ST-LPIPS"):
+        assert f"## {label} per video" in text
+    assert text.count("| mean of videos |") == 3 and "| short |" in text
 
 
 def test_training_eval_of_an_exact_model_is_capped(tmp_path):

@@ -77,6 +77,20 @@ def test_identical_candidates_come_back_exactly_whatever_the_mask() -> None:
     assert (out - sample.source)[:, :, 1::4].abs().max() > 1e-3
 
 
+def test_the_network_runs_only_on_the_frames_it_makes() -> None:
+    """9 frames at factor 4: the 3 keyframes are known, the network sees the other 6."""
+    model = fusion_model().eval()
+    seen = []
+    predict = model.predict
+    model.predict = lambda x, t: seen.append(x.shape[2]) or predict(x, t)
+    sample = CONTEXT(drifting_texture(9, shift=1)[..., :24, :32])
+    with torch.no_grad():
+        model(sample.source, torch.ones(1), cond=sample.source, context=sample.context)
+        keyframe = sample.context[:, :, :1]
+        model(keyframe[:, :3], torch.ones(1), cond=keyframe[:, :3], context=keyframe)
+    assert seen == [6]                 # a clip of keyframes only never reaches the network
+
+
 def selection_toy(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """(x0, source, context) where candidate A is right on the left half of every frame and
     B on the right half; elsewhere each is unrelated noise. The source is their average."""
@@ -119,6 +133,56 @@ def test_fusion_learns_a_per_pixel_choice_the_residual_model_does_not() -> None:
     residual, _ = trained_psnr(fusion=False)
     assert fused > average + 10, (fused, average)
     assert residual < fused - 10, (residual, fused)
+
+
+def test_resample_moves_frames_by_whole_pixels_and_not_at_all_at_zero() -> None:
+    from tcvbm.models.fusion import resample
+
+    x = torch.rand(2, 3, 4, 10, 12, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(resample(x, torch.zeros(2, 2, 4, 10, 12)), x)
+    right = torch.zeros(2, 2, 4, 10, 12)
+    right[:, 0] = 1.0                                 # sample one pixel to the right
+    torch.testing.assert_close(resample(x, right)[..., :-1], x[..., 1:], atol=1e-5, rtol=0)
+    down = torch.zeros(2, 2, 4, 10, 12)
+    down[:, 1] = -2.0                                 # two pixels up: rows move down
+    torch.testing.assert_close(resample(x, down)[..., 2:, :], x[..., :-2, :], atol=1e-5, rtol=0)
+
+
+def shifted_toy(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """(x0, source, context) where both candidates are the frame one pixel off to the
+    right, as flow that misplaced every edge by a pixel would give them: choosing between
+    them cannot help, resampling both by one pixel can."""
+    smooth = torch.rand(count * 3, 3, 6, 7, generator=generator)
+    x0 = torch.nn.functional.interpolate(smooth, size=(16, 18), mode="bicubic",
+                                         align_corners=False)
+    x0 = (x0.reshape(count, 3, 3, 16, 18) * 2 - 1).clamp(-1, 1)
+    off = torch.cat([x0[..., :1], x0[..., :-1]], dim=-1)     # content moved right by one
+    weight = torch.full((count, 1, 3, 16, 18), 0.5)
+    context = torch.cat([off, off, weight, torch.zeros(count, 4, 3, 16, 18),
+                         torch.zeros(count, 1, 3, 16, 18)], dim=1)
+    return x0[..., 1:-1], off[..., 1:-1], context[..., 1:-1]
+
+
+def test_fusion_corrects_a_flow_error_of_one_pixel() -> None:
+    """Sixty steps: the head learns to resample both candidates one pixel back, far above the
+    source, where mask and residual alone stay near it."""
+    model = fusion_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    g = torch.Generator().manual_seed(0)
+    ones = torch.ones(4)
+    for _ in range(60):
+        x0, x1, context = shifted_toy(4, g)
+        pred = model(x1, ones, cond=x1, context=context)
+        loss = (pred - x0)[..., 2:-2].pow(2).mean()   # away from the replicated edges
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x0, x1, context = shifted_toy(8, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        out = model.eval()(x1, torch.ones(8), cond=x1, context=context).clamp(-1, 1)
+    inner = (..., slice(2, -2))
+    fused, source = (float(psnr(v[inner], x0[inner]).mean()) for v in (out, x1))
+    assert fused > source + 6, (fused, source)
 
 
 def test_bridge_matching_and_its_time_sampler_feed_the_context_and_t_one() -> None:

@@ -22,6 +22,7 @@ from tcvbm.bridges import Bridge
 from tcvbm.data.streams import (
     RepairCounter as _Warnings,
     cfr_indices,
+    prefetched,
     read_repaired as _iter_frames,
 )
 from tcvbm.pipeline import interpolate, upscale
@@ -250,6 +251,64 @@ def test_interpolate_windowed_equals_single_window(tmp_path):
     fb, _, _ = decode(b)
     assert fa.shape == fb.shape
     assert (fa.float() - fb.float()).abs().mean() < 0.5
+
+
+class CountingSource(SourceModel):
+    """The source model, counting the frames it is run on."""
+
+    def __init__(self):
+        super().__init__()
+        self.frames = 0
+
+    def forward(self, x_t, t, cond=None, context=None, noise=None):
+        self.frames += x_t.shape[0] * x_t.shape[2]
+        return cond
+
+
+def test_interpolation_windows_share_one_keyframe_by_default(tmp_path):
+    """17 inputs through 5-keyframe windows: 4 windows when they share one keyframe, 5 when
+    they share half (the upscaling default), and the same pictures either way."""
+    src = make_video(tmp_path / "in.mp4", moving_frames(17), fps=10)
+    counts, videos = {}, {}
+    for overlap in (None, 2):
+        model = CountingSource()
+        bundle = InferenceBundle(model, Bridge(9), get_task("interp", factor=2), 9, (32, 32),
+                                 "stochastic", 1, "bridge")
+        videos[overlap] = tmp_path / f"out{overlap}.mp4"
+        interpolate(src, videos[overlap], model=bundle, overlap=overlap, progress=False)
+        counts[overlap] = model.frames // 9
+    assert counts == {None: 4, 2: 5}
+    assert (decode(videos[None])[0].float() - decode(videos[2])[0].float()).abs().mean() < 0.5
+
+
+def test_prefetched_keeps_order_raises_where_it_failed_and_stops_early():
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("decoder died")
+
+    got = []
+    with pytest.raises(OSError, match="decoder died"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    made = []
+
+    def endless():
+        i = 0
+        while True:
+            made.append(i)
+            yield i
+            i += 1
+
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()                      # the consumer stops: so does the producer
+    assert len(made) <= 3 + 2 + 2
+    with pytest.raises(ValueError, match="depth"):
+        next(prefetched([1], depth=0))
 
 
 def test_interpolate_with_a_tiny_real_model_and_tiles(tmp_path):

@@ -12,10 +12,12 @@ naming the file.
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,8 +28,9 @@ from tcvbm.data.video import VideoReader
 from tcvbm.data.writer import DEFAULT_CRF, write_video
 
 __all__ = ["MIN_SIZE", "RepairCounter", "open_video", "cfr_indices", "constant_rate_indices",
-           "read_repaired", "with_progress", "write_counted", "read_image"]
+           "read_repaired", "prefetched", "with_progress", "write_counted", "read_image"]
 
+T = TypeVar("T")
 MIN_SIZE = 8                # frames smaller than this on a side carry too little to restore
 
 
@@ -131,6 +134,56 @@ def read_repaired(reader, indices: Sequence[int], warn: RepairCounter,
                 frame = last
             last = frame
             yield torch.as_tensor(frame)
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterable[T], depth: int = 8) -> Iterator[T]:
+    """``items`` produced in a background thread, at most ``depth`` ahead of the consumer.
+
+    Decoding, the model and encoding each spend most of their time in native code that
+    releases the GIL (FFmpeg, torch kernels), so a stage running in its own thread overlaps
+    with the others instead of waiting for them. An exception of the producer is raised in
+    the consumer, at the item where it happened; a consumer that stops early stops the
+    producer at its next item.
+    """
+    if depth < 1:
+        raise ValueError(f"depth: must be >= 1, got {depth}")
+    box: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(err)
+
+    worker = threading.Thread(target=produce, name="tcvbm-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def with_progress(frames: Iterable[Tensor], total: int, desc: str) -> Iterator[Tensor]:

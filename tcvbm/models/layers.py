@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from torch import nn
 
+from tcvbm.models.fusion import FUSION_OUTPUTS, fuse_candidates
+
 
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a module's parameters, so a residual branch ending in it starts as the identity."""
@@ -111,16 +113,16 @@ class VideoBackbone(ModelMixin, ConfigMixin):
     (:meth:`tcvbm.tasks.Task.prepare`), then the noise, last so that
     :meth:`add_noise_channels` can append zero-initialised input channels.
 
-    ``fusion`` makes the network output ``C + 1`` channels, a residual ``r`` and a mask
-    logit ``l``, and the prediction ``x0 = m A + (1 - m) B + r`` with
-    ``m = sigmoid(logit(w) + l)``: a per-pixel choice between two candidate clips that the
-    network only has to correct, as practical interpolators do where two warped keyframes
-    disagree. The contract with the context: channels ``[0, C)`` hold ``A``, ``[C, 2C)``
-    ``B`` and channel ``2C`` the prior weight ``w`` of ``A`` (clamped to
-    ``[FUSION_CLAMP, 1 - FUSION_CLAMP]`` so that its logit is finite); later channels are
-    free (:class:`tcvbm.tasks.FrameInterpolation` fills them with flows and a disagreement
-    cue). The output layer starts at zero, so an untrained fusion model returns the prior
-    mix ``w A + (1 - w) B``, and ``B + m (A - B)`` gives identical candidates back exactly.
+    ``fusion`` makes the network output ``C + FUSION_OUTPUTS`` channels that
+    :func:`tcvbm.models.fusion.fuse_candidates` turns into ``x0`` from two candidate clips
+    of the context: a per-pixel choice between them, a small flow correction of each and a
+    residual, as practical interpolators do where two warped keyframes disagree. The
+    contract with the context: channels ``[0, C)`` hold ``A``, ``[C, 2C)`` ``B`` and channel
+    ``2C`` flow's weight ``w`` of ``A``; later channels are free
+    (:class:`tcvbm.tasks.FrameInterpolation` fills them with flows and a disagreement cue).
+    The output layer starts at zero, so an untrained fusion model returns the prior mix
+    ``w A + (1 - w) B`` exactly. Keyframes (``w = 1``, ``A = B``) are known: the network is
+    not run on them and they come back exactly.
 
     Subclasses register these config keys: ``in_channels``, ``out_channels``,
     ``conditional``, ``noise_channels``, ``predict_residual``, ``context_channels``,
@@ -129,7 +131,6 @@ class VideoBackbone(ModelMixin, ConfigMixin):
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
-    FUSION_CLAMP = 1e-3
 
     @staticmethod
     def stacked_channels(in_channels: int, conditional: bool, noise_channels: int,
@@ -144,7 +145,8 @@ class VideoBackbone(ModelMixin, ConfigMixin):
     @staticmethod
     def predicted_channels(in_channels: int, out_channels: int, predict_residual: bool,
                            context_channels: int, fusion: bool) -> int:
-        """Number of channels the network outputs: one more, the mask logit, with fusion."""
+        """Number of channels the network outputs: with fusion, the residual and the
+        :data:`~tcvbm.models.fusion.FUSION_OUTPUTS` of the head."""
         if not fusion:
             return out_channels
         if out_channels != in_channels or not predict_residual:
@@ -155,7 +157,7 @@ class VideoBackbone(ModelMixin, ConfigMixin):
             raise ValueError(f"fusion reads two candidates and a weight from the context: "
                              f"context_channels must be >= {2 * in_channels + 1}, got "
                              f"{context_channels}")
-        return out_channels + 1
+        return out_channels + FUSION_OUTPUTS
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -251,24 +253,28 @@ class VideoBackbone(ModelMixin, ConfigMixin):
         elif noise is not None:
             raise ValueError("noise given to a model without noise channels "
                              "(call add_noise_channels first)")
-        out = self.predict(torch.cat(parts, dim=1), t)
         if cfg.fusion:
-            return self._fuse(out, context)
+            return self._fused(torch.cat(parts, dim=1), t, context)
+        out = self.predict(torch.cat(parts, dim=1), t)
         if cfg.predict_residual:
             out = out + (parts[1] if cfg.conditional else x_t)
         return out
 
-    def _fuse(self, out: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``B + m (A - B) + r``, ``m = sigmoid(logit(w) + l)`` (class docstring).
+    def _fused(self, stacked: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The fusion head's ``x0``, the network run only on the frames it has to make.
 
-        The mask is computed in float32: in bf16, ``1 - FUSION_CLAMP`` rounds to 1 and its
-        logit to infinity.
+        Frames whose weight ``w`` is 1 everywhere (keyframes, and frames holding the last
+        one) are known: the head returns them exactly from a zero output, so the network
+        skips them; in a 5-frame x2 window it runs on 2 frames instead of 5. Those frames
+        are the same in every clip of a batch (they follow from the task's frame layout).
         """
         c = self.config.in_channels
-        a, b, w = context[:, :c], context[:, c:2 * c], context[:, 2 * c:2 * c + 1].float()
-        prior = torch.logit(w.clamp(self.FUSION_CLAMP, 1 - self.FUSION_CLAMP))
-        m = torch.sigmoid(prior + out[:, c:].float()).to(a.dtype)
-        return b + m * (a - b) + out[:, :c]
+        b, _, n, h, w = stacked.shape
+        made = (context[:, 2 * c] < 1).reshape(b, n, -1).any(-1).any(0)
+        out = stacked.new_zeros(b, c + FUSION_OUTPUTS, n, h, w)
+        if bool(made.any()):
+            out[:, :, made] = self.predict(stacked[:, :, made], t).to(out.dtype)
+        return fuse_candidates(out, context, c)
 
     @torch.no_grad()
     def add_noise_channels(self, k: int) -> None:

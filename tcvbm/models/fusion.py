@@ -1,0 +1,70 @@
+"""The fusion head of frame interpolation: two warped candidates in, one frame out.
+
+Practical interpolators beat flow averaging by letting a network correct what flow got
+wrong in three cheap ways, each of which a plain residual would have to synthesise pixel by
+pixel: nudge each warped candidate by a small flow correction (RIFE's refinement, for edges
+that flow misplaced by a pixel or two), choose per pixel between the two (occlusions, flow
+failures on one side) and add what is left as a residual. The network predicts
+
+* ``r``: ``C`` channels of residual;
+* ``l``: one mask logit, ``m = sigmoid(logit(w) + l)`` where ``w`` is flow's own weight of
+  ``A``, so ``l = 0`` is flow interpolation;
+* ``dA``, ``dB``: two (x, y) corrections, in pixels, by which ``A`` and ``B`` are resampled.
+
+and ``x0 = B' + m (A' - B') + r``. Zero outputs give exactly the prior mix
+``w A + (1 - w) B``: resampling adds ``sample(x + d) - sample(x)``, two bilinear lookups on
+one grid, which cancel bit for bit at ``d = 0``. Frames where ``w = 1`` (keyframes, which
+carry ``A = B`` = the frame) are never resampled, so with ``r = 0`` they come back exactly
+whatever the mask is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["FUSION_CLAMP", "FUSION_OUTPUTS", "fuse_candidates", "resample"]
+
+FUSION_CLAMP = 1e-3   # w is clamped to [FUSION_CLAMP, 1 - FUSION_CLAMP] so its logit is finite
+FUSION_OUTPUTS = 5    # outputs beyond the residual: the mask logit and two (x, y) corrections
+
+
+def resample(x: Tensor, shift: Tensor) -> Tensor:
+    """``x`` (B, C, N, H, W) moved by ``sample(x + shift) - sample(x)`` per frame.
+
+    ``shift`` (B, 2, N, H, W) in pixels (x then y); bilinear, edges replicated, float32.
+    The two lookups share one computation of the grid, so a zero shift returns ``x`` exactly.
+    """
+    b, c, n, h, w = x.shape
+    frames = x.float().transpose(1, 2).reshape(b * n, c, h, w)
+    move = shift.float().transpose(1, 2).reshape(b * n, 2, h, w).permute(0, 2, 3, 1)
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
+                            torch.arange(w, device=x.device, dtype=torch.float32), indexing="ij")
+    base = torch.stack([xs, ys], dim=-1)
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=x.device)
+
+    def lookup(pos: Tensor) -> Tensor:
+        return F.grid_sample(frames, pos * scale - 1, mode="bilinear", padding_mode="border",
+                             align_corners=True)
+
+    moved = lookup(base + move) - lookup(base.expand_as(move))
+    return x + moved.reshape(b, n, c, h, w).transpose(1, 2).to(x.dtype)
+
+
+def fuse_candidates(out: Tensor, context: Tensor, channels: int) -> Tensor:
+    """``x0`` from the network's ``out`` (``channels + FUSION_OUTPUTS`` per pixel) and the
+    context's candidates: ``A`` = channels ``[0, C)``, ``B`` = ``[C, 2C)``, ``w`` = ``2C``.
+
+    The mask is computed in float32: in bf16, ``1 - FUSION_CLAMP`` rounds to 1 and its
+    logit to infinity.
+    """
+    c = channels
+    a, b = context[:, :c], context[:, c:2 * c]
+    w = context[:, 2 * c:2 * c + 1].float()
+    between = (w < 1).to(out.dtype)   # keyframes (w = 1) are never resampled
+    a = resample(a, out[:, c + 1:c + 3] * between)
+    b = resample(b, out[:, c + 3:c + 5] * between)
+    prior = torch.logit(w.clamp(FUSION_CLAMP, 1 - FUSION_CLAMP))
+    m = torch.sigmoid(prior + out[:, c:c + 1].float()).to(a.dtype)
+    return b + m * (a - b) + out[:, :c]
