@@ -27,11 +27,18 @@ from torch import Tensor
 
 from tcvbm import metrics
 from tcvbm.atomic import AtomicPath
-from tcvbm.baselines import BASELINES, frame_repetition, task_lift
+from tcvbm.baselines import BASELINES, task_lift
 from tcvbm.data import Entry
 from tcvbm.data.video import VIDEO_EXTENSIONS
-from tcvbm.eval_report import (COLUMNS, markdown_table, mean_of_videos, per_video,
-                               per_video_metrics, per_video_table, plots)
+from tcvbm.eval_report import (
+    COLUMNS,
+    markdown_table,
+    mean_of_videos,
+    per_video,
+    per_video_metrics,
+    per_video_table,
+    plots,
+)
 from tcvbm.pipeline import model_label, model_window_fn, resolve_bundle
 from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import Task, get_task
@@ -55,7 +62,7 @@ class Method:
 def _source_method(task: Task, num_frames: int) -> Method:
     """The task's own lift of the observation, what a model of ``task`` starts from: a model
     that learnt nothing scores exactly this row."""
-    return Method("source", lambda obs: frame_repetition(task, obs, num_frames))
+    return Method("source", lambda obs: task_lift(task, obs, num_frames))
 
 
 def _video_files(data: str | os.PathLike) -> list[Path]:

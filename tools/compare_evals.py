@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tcvbm.evaluate import markdown_table  # noqa: E402
+from tcvbm.eval_report import markdown_table  # noqa: E402
 
 
 def load(runs: list[tuple[str, Path]]) -> list[dict]:
