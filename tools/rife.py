@@ -4,6 +4,7 @@ double a clip's frame rate with it.
     python tools/rife.py IN.mp4 -o OUT.mp4 [--scale 1.0] [--lossless]   # x2 frame rate
     python tools/rife.py IN.mp4 --score [--scale 1 2] [--size WxH]       # x2 PSNR, JSON
     python tools/rife.py data/samples/val --eval -o DIR [--scale 1 2] [--size 176x144]
+    python tools/rife.py DEV_DIR --eval -o DIR --model default-interp --steps 1,2,4 --size 320x240
 
 RIFE (Practical-RIFE v4.0, fast mode, no ensembling) is not a dependency of tcvbm: it is an
 outside method to compare against. Its network code and trained weights ship inside the
@@ -20,7 +21,8 @@ Frames are in tcvbm's range, [-1, 1]; RIFE's [0, 1] is an internal detail of thi
 the ground truth, PSNR with ``tcvbm.metrics.psnr``. ``--eval`` runs tcvbm's own evaluation
 harness with RIFE registered beside its baselines, so its rows share the clips, frame
 choice and metrics of ``tcvbm eval --task interp --baselines`` (windows of 9 frames,
-4 per video) and land in the same ``metrics.md`` table.
+4 per video) and land in the same ``metrics.md`` table; with ``--model`` a tcvbm model is
+scored in the same run, on its own window length.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from torch import Tensor
 
 from tcvbm import metrics
 from tcvbm.baselines import BASELINES, Baseline
-from tcvbm.cli import parse_size
+from tcvbm.cli import parse_size, parse_steps
 from tcvbm.data import VideoReader, from_uint8, to_uint8, write_video
 from tcvbm.data.writer import fps_fraction
 from tcvbm.scenes import SceneCutDetector
@@ -286,14 +288,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--lossless", action="store_true",
                    help="RGB-exact output (the writer of tcvbm interpolate --lossless)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default=None,
+                   help="with --eval: a tcvbm model scored in the same run, on the same clips")
+    p.add_argument("--steps", type=parse_steps, default=None, help="with --model: e.g. 1,2,4")
+    p.add_argument("--frames", type=int, default=None,
+                   help="with --eval and no --model: frames per window (default 9)")
+    p.add_argument("--clips-per-video", type=int, default=4, help="with --eval")
     args = p.parse_args(argv)
     try:
         if args.eval:
             from tcvbm.evaluate import run_eval
 
             with rife_baselines(args.scale, device=args.device):
-                result = run_eval("interp", args.input, baselines=True,
-                                  output_dir=args.output or "outputs/eval-rife", size=args.size)
+                result = run_eval("interp", args.input, args.model, args.steps, baselines=True,
+                                  output_dir=args.output or "outputs/eval-rife", size=args.size,
+                                  num_frames=args.frames,
+                                  clips_per_video=args.clips_per_video)
             print(result["table"], end="")
         elif args.score:
             rife = load_rife(device=args.device)
