@@ -54,6 +54,7 @@ def shipped_config_dir() -> Path:
 CONFIG_DIR = shipped_config_dir()
 T_SAMPLINGS = ("uniform", "logit-normal", "stratified")
 WEIGHTINGS = ("none", "min-snr", "sigmoid")
+DISTANCES = ("mse", "log-mse")
 PRECISIONS = ("no", "bf16")
 
 
@@ -134,6 +135,10 @@ class LossSection:
     snr_gamma: float = 5.0  # min-snr: weight = min((1 - t) / t, gamma) / gamma
     sigmoid_bias: float = 0.0  # sigmoid: weight = sigmoid(bias - logit(t))
     t_buckets: int = 4  # the loss is also logged per equal-width t bucket
+    # per-sample distance of the bridge-matching loss: mse, or log-mse = log(MSE + log_floor),
+    # which counts every clip's relative error alike, as mean PSNR does (tcvbm train only)
+    distance: str = "mse"
+    log_floor: float = 1e-5
 
 
 @dataclass
@@ -363,6 +368,9 @@ def _check(cfg: Config) -> None:
          f"needs loss.weighting none ({cfg.loss.weighting!r} weighs t = 1 by 0), got "
          f"{cfg.loss.t_one_prob}")
     need(cfg.loss.t_buckets >= 1, "loss.t_buckets", "must be >= 1")
+    need(cfg.loss.distance in DISTANCES, "loss.distance",
+         f"expected one of {DISTANCES}, got {cfg.loss.distance!r}")
+    need(cfg.loss.log_floor > 0, "loss.log_floor", f"must be > 0, got {cfg.loss.log_floor}")
     need(cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr), "optim.lr", "must be > 0")
     need(len(cfg.optim.betas) == 2, "optim.betas", "must be two numbers")
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")

@@ -230,3 +230,36 @@ def test_the_fusion_recipe_builds_a_model_that_reads_its_task_context() -> None:
                      ("loss.weighting=min-snr", "loss.t_one_prob")):
         with pytest.raises(ValueError, match=rf"^config: {key}"):
             load_config("interp-fusion", [bad])
+
+
+def test_log_mse_weighs_clips_by_their_relative_error() -> None:
+    """An easy clip (flow nearly right) and a hard one, each with a bias to learn: under MSE
+    the hard clip gives 97% of the gradient, under log-MSE (what mean PSNR counts) the easy
+    clip gives most of it, so a model cannot buy the hard clip's fraction of a dB with the
+    easy clip's several dB."""
+    from tcvbm.train.objectives import per_sample_log_mse, per_sample_mse
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 2, 8, 8, generator=g)
+    errors = torch.stack([torch.full((3, 2, 8, 8), 0.003), torch.full((3, 2, 8, 8), 0.1)])
+    shares = {}
+    for name, distance in (("mse", per_sample_mse), ("log", per_sample_log_mse)):
+        bias = torch.zeros(2, requires_grad=True)
+        pred = target + errors + bias.view(2, 1, 1, 1, 1)
+        distance(pred, target).sum().backward()
+        shares[name] = float(bias.grad[0].abs() / bias.grad.abs().sum())
+    assert shares["mse"] < 0.05 and shares["log"] > 0.5, shares
+    torch.testing.assert_close(per_sample_log_mse(target + errors, target),
+                               torch.log(torch.tensor([0.003 ** 2, 0.1 ** 2]) + 1e-5))
+
+
+def test_the_loss_distance_is_a_checked_bridge_matching_option(tmp_path) -> None:
+    from tcvbm.train.run import distance, distillation_objective
+
+    cfg = load_config("configs/interp-fusion.yaml")
+    assert cfg.loss.distance == "log-mse" and distance(cfg).func.__name__ == "per_sample_log_mse"
+    with pytest.raises(ValueError, match="loss.distance"):
+        load_config("configs/interp-fusion.yaml", ["loss.distance=l1"])
+    with pytest.raises(ValueError, match="loss.distance"):
+        distillation_objective(load_config("configs/default-interp-student.yaml",
+                                           ["loss.distance=log-mse"]))

@@ -10,6 +10,7 @@ it is given (:class:`tcvbm.train.loop.Evaluation`) and never imports it.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -32,11 +33,19 @@ from tcvbm.train.loop import (
     Optimization,
     fit,
 )
-from tcvbm.train.objectives import BridgeMatching, InverseDistillation, TimeSampler, Weighting
+from tcvbm.train.objectives import (
+    BridgeMatching,
+    Distance,
+    InverseDistillation,
+    TimeSampler,
+    Weighting,
+    per_sample_log_mse,
+    per_sample_mse,
+)
 from tcvbm.train.streams import Batches
 
 __all__ = ["train", "distill", "fit_objective", "build_bridge", "build_task", "build_train_set",
-           "training_eval", "resolve_resume", "time_sampler", "weighting"]
+           "training_eval", "resolve_resume", "time_sampler", "weighting", "distance"]
 
 
 def build_bridge(cfg: Config) -> Bridge:
@@ -52,6 +61,13 @@ def time_sampler(cfg: Config) -> TimeSampler:
     loss = cfg.loss
     return TimeSampler(loss.t_sampling, loss.t_min, loss.t_max, loss.logit_mean, loss.logit_std,
                        loss.t_one_prob)
+
+
+def distance(cfg: Config) -> Distance:
+    """The per-sample distance of the bridge-matching loss (``loss.distance``)."""
+    if cfg.loss.distance == "log-mse":
+        return functools.partial(per_sample_log_mse, floor=cfg.loss.log_floor)
+    return per_sample_mse
 
 
 def weighting(cfg: Config) -> Weighting:
@@ -143,7 +159,8 @@ def train(cfg: Config) -> FitResult:
     set_seed(cfg.seed)
     model = create(cfg.model.name, **cfg.model.params)
     objective = BridgeMatching(model, build_bridge(cfg), build_task(cfg), time_sampler(cfg),
-                               weighting(cfg), cfg.optim.lr, cfg.eval.sampler, cfg.eval.steps)
+                               weighting(cfg), cfg.optim.lr, cfg.eval.sampler, cfg.eval.steps,
+                               distance(cfg))
     return fit_objective(objective, build_train_set(cfg), cfg)
 
 
@@ -153,6 +170,9 @@ def distillation_objective(cfg: Config) -> InverseDistillation:
     The bridge, the task and the clip shape are the teacher's: ``cfg.data.num_frames`` and
     ``cfg.data.size`` are set from it so the data matches what the teacher was trained on.
     """
+    if cfg.loss.distance != "mse":
+        raise ValueError(f"loss.distance: {cfg.loss.distance!r} is a bridge-matching loss "
+                         "(tcvbm train); distillation's losses are differences of MSEs")
     if not cfg.teacher:
         raise ValueError("teacher: distillation needs teacher=RUN_DIR (a trained run or model "
                          "directory)")
