@@ -30,6 +30,10 @@ def parse_size(text: str) -> tuple[int, int]:
             f"expected N or WxH (e.g. 176x144), got {text!r}") from None
 
 
+def _eval_size(text: str) -> tuple[int, int] | str:
+    return "native" if text == "native" else parse_size(text)
+
+
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """How a model is sampled: the flags of every command that runs one, eval included."""
     p.add_argument("--sampler", default=None,
@@ -230,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, default=None)
     p.add_argument("--scale", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--size", type=parse_size, default=None,
+    p.add_argument("--size", type=_eval_size, default=None,
                    help="frames scaled to cover and centre-cropped to N or WxH (default: the "
-                        "model's training size); the clip's own WxH scores at full resolution")
+                        "model's training size); 'native' scores every video at its own size")
     p.add_argument("--clips-per-video", type=int, default=4)
     p.add_argument("--lpips-weights", default=None,
                    help="local LPIPS weights (.pth): a full LPIPS AlexNet state dict, or the "

@@ -92,7 +92,7 @@ class ClipPlan:
     windows: tuple[tuple[Entry, int], ...]
     num_frames: int
     stride: int
-    size: tuple[int, int]
+    size: tuple[int, int] | None   # None: each video at its own size
 
     def read(self) -> Clips:
         """Decode the windows, each video opened once: resized to cover ``size``, centred."""
@@ -107,8 +107,9 @@ class ClipPlan:
         return clips
 
 
-def pick_clips(videos: Sequence[Entry], num_frames: int, size: tuple[int, int], stride: int = 1,
-               per_video: int | None = None, total: int | None = None) -> ClipPlan:
+def pick_clips(videos: Sequence[Entry], num_frames: int, size: tuple[int, int] | None,
+               stride: int = 1, per_video: int | None = None,
+               total: int | None = None) -> ClipPlan:
     """The evaluation clips of ``videos``, the same every time.
 
     ``per_video`` windows are spread evenly over each video, the first and the last window
@@ -130,7 +131,7 @@ def pick_clips(videos: Sequence[Entry], num_frames: int, size: tuple[int, int], 
     return ClipPlan(tuple(windows), num_frames, stride, size)
 
 
-def load_eval_clips(data: str | os.PathLike, num_frames: int, size: tuple[int, int],
+def load_eval_clips(data: str | os.PathLike, num_frames: int, size: tuple[int, int] | None,
                     clips_per_video: int = 4, stride: int = 1) -> Clips:
     """Deterministic ``(name, clip (3, N, H, W) in [-1, 1])`` pairs from a file or folder.
 
@@ -330,13 +331,14 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
              output_dir: str | os.PathLike = "eval", *, sampler: str | None = None,
              device: str = "cpu", precision: str = "fp32", factor: int | None = None,
              scale: int | None = None, num_frames: int | None = None,
-             size: int | Sequence[int] | None = None, clips_per_video: int = 4, seed: int = 0,
-             lpips_weights: str | None = None, alexnet_weights: str | None = None,
+             size: int | Sequence[int] | str | None = None, clips_per_video: int = 4,
+             seed: int = 0, lpips_weights: str | None = None, alexnet_weights: str | None = None,
              fid_weights: str | None = None, fvd_weights: str | None = None) -> dict:
     """Evaluate ``model`` at each of ``steps`` (and the baselines) on clips from ``data``.
 
     ``task`` is "interp", "i2v" or "vsr"; without a model only baselines run, on clips of
-    ``num_frames`` (default 9) at ``size`` (default 256). A model comes with a ``source``
+    ``num_frames`` (default 9) at ``size`` (default 256; ``"native"``: each video at its own
+    size, what ``tcvbm interpolate`` runs on). A model comes with a ``source``
     row, the task's lift it starts from, scored like a baseline even without ``baselines``.
     Returns the JSON written to ``output_dir/metrics.json`` (with ``per_video`` and
     ``mean_of_videos`` figures); ``output_dir/metrics.md`` holds the table of means over
@@ -351,8 +353,11 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     bundle = resolve_bundle(model) if model is not None else None
     the_task = _task(task, bundle, factor, scale)
     n = bundle.num_frames if bundle else (num_frames or 9)
-    hw = tuple(bundle.size) if bundle and size is None else \
-        ((size, size) if isinstance(size, int) else tuple(size or (256, 256)))
+    if size == "native":
+        hw = None
+    else:
+        hw = tuple(bundle.size) if bundle and size is None else \
+            ((size, size) if isinstance(size, int) else tuple(size or (256, 256)))
     clips = load_eval_clips(data, n, hw, clips_per_video)
     scored = _scored_frames(the_task, n)
 
@@ -382,7 +387,8 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
                 "per_clip": [r for r in m.results if r["clip"] != "__all__"]} for m in methods]
     by_video = {metric: per_video(summary, metric) for metric in per_video_metrics(summary)}
     result = {"task": the_task.to_config(), "model": model_label(model) if model else None,
-              "num_frames": n, "size": list(hw), "clips": [name for name, _ in clips],
+              "num_frames": n, "size": list(hw) if hw else "native",
+              "clips": [name for name, _ in clips],
               "scored_frames": int(scored.sum()), "device": device, "precision": precision,
               "methods": summary, "per_video": by_video,
               "mean_of_videos": {k: mean_of_videos(v) for k, v in by_video.items()},
@@ -390,7 +396,8 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-    title = f"{task} on {Path(data).name}: {len(clips)} clips of {n} frames at {hw[0]}x{hw[1]}"
+    where = f"{hw[0]}x{hw[1]}" if hw else "each video's own size"
+    title = f"{task} on {Path(data).name}: {len(clips)} clips of {n} frames at {where}"
     formats = {key: fmt for key, _, fmt in COLUMNS}
     table = markdown_table(summary, title) + "".join(
         "\n" + per_video_table(summary, metric, formats[metric]) for metric in by_video)

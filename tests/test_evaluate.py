@@ -12,7 +12,7 @@ import torch
 
 from tcvbm.baselines import flow_interpolation, frame_repetition, get_baseline, linear_blending
 from tcvbm.eval_report import mean_of_videos, per_video, per_video_metrics, per_video_table
-from tcvbm.evaluate import run_eval
+from tcvbm.evaluate import load_eval_clips, run_eval
 from tcvbm.metrics import PSNR_MAX, psnr
 from tcvbm.tasks import get_task
 
@@ -168,3 +168,20 @@ def test_eval_command_takes_width_by_height(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["size"] == [32, 48]
     with pytest.raises(SystemExit):
         main(["eval", "--task", "interp", "--data", str(data), "--size", "wide"])
+
+
+def test_eval_at_native_size_scores_each_video_at_its_own_size(tmp_path):
+    from tcvbm.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_lossless(data / "big.mkv", moving_frames(9, h=40, w=56))
+    write_lossless(data / "small.mkv", moving_frames(9, h=24, w=32, seed=1))
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "interp", "--data", str(data), "--baselines", "--size",
+                 "native", "--frames", "5", "--clips-per-video", "1", "-o", str(out)]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["size"] == "native" and saved["clips"] == ["big@0", "small@0"]
+    assert "each video's own size" in (out / "metrics.md").read_text()
+    shapes = [tuple(c.shape[-2:]) for _, c in load_eval_clips(data, 5, None, 1)]
+    assert shapes == [(40, 56), (24, 32)]
