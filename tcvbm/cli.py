@@ -30,7 +30,8 @@ def parse_size(text: str) -> tuple[int, int]:
             f"expected N or WxH (e.g. 176x144), got {text!r}") from None
 
 
-def _eval_size(text: str) -> tuple[int, int] | str:
+def parse_eval_size(text: str) -> tuple[int, int] | str:
+    """``parse_size``, or ``"native"``: score every video at its own size."""
     return "native" if text == "native" else parse_size(text)
 
 
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, default=None)
     p.add_argument("--scale", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--size", type=_eval_size, default=None,
+    p.add_argument("--size", type=parse_eval_size, default=None,
                    help="frames scaled to cover and centre-cropped to N or WxH (default: the "
                         "model's training size); 'native' scores every video at its own size")
     p.add_argument("--clips-per-video", type=int, default=4)

