@@ -30,6 +30,7 @@ from tcvbm.atomic import AtomicPath
 from tcvbm.baselines import BASELINES, task_lift
 from tcvbm.data import Entry
 from tcvbm.data.video import VIDEO_EXTENSIONS
+from tcvbm.data.visual import uint8_levels
 from tcvbm.eval_report import (
     COLUMNS,
     markdown_table,
@@ -183,7 +184,8 @@ def score_methods(methods: Sequence[Method], clips: Clips, task: Task, num_frame
     """The harness: every method restores every clip's observation, scored by :func:`score_clip`.
 
     Each clip is degraded with ``task``; a method's output (its first ``num_frames`` frames,
-    clamped to [-1, 1]) is scored on :func:`_scored_frames` and timed, one row per clip
+    rounded to the 8-bit levels a command writes, :func:`tcvbm.data.visual.uint8_levels`)
+    is scored on :func:`_scored_frames` and timed, one row per clip
     appended to ``method.results``. Returns the outputs per method name when
     ``keep_outputs`` (for videos and distribution metrics), else empty lists.
     """
@@ -193,7 +195,7 @@ def score_methods(methods: Sequence[Method], clips: Clips, task: Task, num_frame
         obs = task.degrade(clip.unsqueeze(0))
         for method in methods:
             started = time.perf_counter()
-            pred = method.run(obs)[0, :, :num_frames].float().clamp(-1, 1)
+            pred = uint8_levels(method.run(obs)[0, :, :num_frames])
             seconds = time.perf_counter() - started
             row = {"clip": name, **score_clip(pred, clip, scored, perceptual, notes, temporal),
                    "seconds_per_frame": seconds / int(scored.sum())}

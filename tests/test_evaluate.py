@@ -185,3 +185,21 @@ def test_eval_at_native_size_scores_each_video_at_its_own_size(tmp_path):
     assert "each video's own size" in (out / "metrics.md").read_text()
     shapes = [tuple(c.shape[-2:]) for _, c in load_eval_clips(data, 5, None, 1)]
     assert shapes == [(40, 56), (24, 32)]
+
+
+def test_outputs_are_scored_as_the_8_bit_frames_a_command_writes(tmp_path):
+    """A method a third of a level off its source everywhere writes the same 8-bit frames:
+    it scores exactly the source; a method two levels off does not. (The source copies the
+    nearer keyframe: its frames are 8-bit levels themselves.)"""
+    from tcvbm.evaluate import Method, score_methods
+
+    task = get_task("interp", factor=2, mode="nearest")
+    frame = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    clips = [("still@0", (torch.round((frame + 1) * 127.5) / 127.5 - 1).expand(3, 5, 16, 16))]
+    lift = lambda obs: task.lift(obs, 5)  # noqa: E731
+    methods = [Method("source", lift),
+               Method("third", lambda obs: lift(obs) + (1 / 3) / 127.5),
+               Method("two", lambda obs: lift(obs) + 2 / 127.5)]
+    score_methods(methods, clips, task, 5, perceptual={}, notes={}, temporal=False)
+    source, third, two = (m.results[0]["psnr"] for m in methods)
+    assert third == source == PSNR_MAX and two < 50

@@ -16,7 +16,7 @@ from PIL import Image
 
 from tcvbm.atomic import AtomicPath
 
-__all__ = ["to_uint8", "from_uint8", "frame_grid", "save_grid_png", "save_gif"]
+__all__ = ["to_uint8", "uint8_levels", "from_uint8", "frame_grid", "save_grid_png", "save_gif"]
 
 
 def to_uint8(clip: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,15 @@ def to_uint8(clip: torch.Tensor) -> torch.Tensor:
     x = ((clip.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     x = x.movedim(-4, -1)
     return x.expand(*x.shape[:-1], 3).contiguous() if x.shape[-1] == 1 else x.contiguous()
+
+
+def uint8_levels(clip: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> the nearest of the 256 levels :func:`to_uint8` writes, as floats.
+
+    What a video command writes is 8-bit: scoring a method's float output before this
+    rounding would credit differences smaller than half a level that no written frame has.
+    """
+    return ((clip.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
 def from_uint8(frames: torch.Tensor | np.ndarray,
