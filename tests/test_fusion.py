@@ -148,6 +148,24 @@ def test_resample_moves_frames_by_whole_pixels_and_not_at_all_at_zero() -> None:
     torch.testing.assert_close(resample(x, down)[..., 2:, :], x[..., :-2, :], atol=1e-5, rtol=0)
 
 
+def test_the_residual_acts_only_where_the_candidates_disagree() -> None:
+    """Left half: A = B (still content), right half: they differ by 0.1: a residual of 0.05
+    leaves the left half at the candidates and moves the right half by all of it."""
+    from tcvbm.models.fusion import fuse_candidates
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 3, 8, 8, generator=g) * 2 - 1
+    b = a.clone()
+    b[..., 4:] -= 0.1
+    context = torch.cat([a, b, torch.full((1, 1, 3, 8, 8), 0.5), torch.zeros(1, 5, 3, 8, 8)], 1)
+    out = torch.zeros(1, 8, 3, 8, 8)
+    out[:, :3] = 0.05
+    x0 = fuse_candidates(out, context, 3)
+    mix = 0.5 * (a + b)
+    assert torch.equal(x0[..., :4], mix[..., :4])
+    torch.testing.assert_close(x0[..., 4:], mix[..., 4:] + 0.05)
+
+
 def shifted_toy(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """(x0, source, context) where both candidates are the frame one pixel off to the
     right, as flow that misplaced every edge by a pixel would give them: choosing between

@@ -11,11 +11,15 @@ failures on one side) and add what is left as a residual. The network predicts
   ``A``, so ``l = 0`` is flow interpolation;
 * ``dA``, ``dB``: two (x, y) corrections, in pixels, by which ``A`` and ``B`` are resampled.
 
-and ``x0 = B' + m (A' - B') + r``. Zero outputs give exactly the prior mix
-``w A + (1 - w) B``: resampling adds ``sample(x + d) - sample(x)``, two bilinear lookups on
-one grid, which cancel bit for bit at ``d = 0``. Frames where ``w = 1`` (keyframes, which
-carry ``A = B`` = the frame) are never resampled, so with ``r = 0`` they come back exactly
-whatever the mask is.
+and ``x0 = B' + m (A' - B') + g r``, where the gate ``g = min(|A - B| / RESIDUAL_GATE, 1)``
+(``|A - B|`` averaged over channels) lets the residual act only where the two warped
+keyframes disagree: where they agree, nothing moved or flow followed it, the mix is right
+to within codec noise, and a residual can only add error (a learnt residual without the
+gate took up to 10 dB from still windows of real video). Zero outputs give exactly the
+prior mix ``w A + (1 - w) B``: resampling adds ``sample(x + d) - sample(x)``, two bilinear
+lookups on one grid, which cancel bit for bit at ``d = 0``. Frames where ``w = 1``
+(keyframes, which carry ``A = B`` = the frame) are never resampled and gate the residual
+off, so they come back exactly whatever the network outputs.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FUSION_CLAMP", "FUSION_OUTPUTS", "fuse_candidates", "resample"]
+__all__ = ["FUSION_CLAMP", "FUSION_OUTPUTS", "RESIDUAL_GATE", "fuse_candidates", "resample"]
 
 FUSION_CLAMP = 1e-3   # w is clamped to [FUSION_CLAMP, 1 - FUSION_CLAMP] so its logit is finite
 FUSION_OUTPUTS = 5    # outputs beyond the residual: the mask logit and two (x, y) corrections
+RESIDUAL_GATE = 0.02  # |A - B| (on [-1, 1]; 2.5 levels of 8 bits) from which r acts fully
 
 
 def resample(x: Tensor, shift: Tensor) -> Tensor:
@@ -62,9 +67,10 @@ def fuse_candidates(out: Tensor, context: Tensor, channels: int) -> Tensor:
     c = channels
     a, b = context[:, :c], context[:, c:2 * c]
     w = context[:, 2 * c:2 * c + 1].float()
+    gate = ((a - b).abs().mean(1, keepdim=True) / RESIDUAL_GATE).clamp(max=1).to(out.dtype)
     between = (w < 1).to(out.dtype)   # keyframes (w = 1) are never resampled
     a = resample(a, out[:, c + 1:c + 3] * between)
     b = resample(b, out[:, c + 3:c + 5] * between)
     prior = torch.logit(w.clamp(FUSION_CLAMP, 1 - FUSION_CLAMP))
     m = torch.sigmoid(prior + out[:, c:c + 1].float()).to(a.dtype)
-    return b + m * (a - b) + out[:, :c]
+    return b + m * (a - b) + gate * out[:, :c]
