@@ -59,13 +59,24 @@ def _inference_flags(p: argparse.ArgumentParser, model_default: str | None, *,
                    help="largest tile side in pixels: larger frames run as overlapping tiles "
                         "(default: 512; smaller uses less memory)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--codec", choices=["h264", "h265", "ffv1"], default=None,
+                   help="video codec: h264 (default; plays everywhere), h265 (libx265; .mp4, "
+                        ".mkv, .mov) or ffv1 (lossless archive; .mkv, .avi); not for PNG frames")
     quality = p.add_mutually_exclusive_group()
     quality.add_argument("--crf", type=int, default=None, metavar="N",
-                         help="output quality, x264 CRF from 0 to 51: lower is better and "
-                              "larger (default: 18)")
+                         help="output quality of h264/h265, CRF from 0 to 51: lower is better "
+                              "and larger (default: 18)")
     quality.add_argument("--lossless", action="store_true",
                          help="output that decodes to exactly the frames made (RGB H.264 at "
-                              "qp 0, in .mp4, .mkv, .mov or .avi); not with --crf")
+                              "qp 0, in .mp4, .mkv, .mov or .avi; or with --codec ffv1); not "
+                              "with --crf")
+
+
+def _output_flag(p: argparse.ArgumentParser) -> None:
+    """Where a command that makes frames writes them (interpolate, i2v, upscale)."""
+    p.add_argument("-o", "--output", required=True,
+                   help="a video (.mp4, .mkv, .mov, .avi), or PNG frames: DIR/ or a pattern "
+                        "such as frames_%%06d.png (numbered from 0)")
 
 
 def _window_flags(p: argparse.ArgumentParser) -> None:
@@ -76,15 +87,28 @@ def _window_flags(p: argparse.ArgumentParser) -> None:
                         "interpolation, half a window for upscaling)")
 
 
-def _inference_kwargs(args: argparse.Namespace) -> dict:
-    """The values of :func:`_inference_flags` as keyword arguments of the pipeline; ``--crf``
-    is checked here, before the command loads a model or reads a frame."""
+def _inference_kwargs(args: argparse.Namespace, output: str | None) -> dict:
+    """The values of :func:`_inference_flags` as keyword arguments of the pipeline.
+
+    ``--crf``, ``--codec`` and ``output`` (the file or frames they go to; None for ``sample``,
+    which names its own) are checked here, before the command loads a model or reads a
+    frame. Only the command line knows whether ``--crf`` was given, so it alone refuses one
+    that would not apply (FFV1 and PNG frames are lossless).
+    """
+    from tcvbm.data.outputs import resolve_output
     from tcvbm.data.writer import DEFAULT_CRF, check_crf
 
     crf = DEFAULT_CRF if args.crf is None else check_crf(args.crf)
+    frames = (output is not None
+              and resolve_output(output, args.codec, crf, args.lossless).pattern is not None)
+    if args.crf is not None and (frames or args.codec == "ffv1"):
+        raise ValueError(f"crf: sets the quality of h264 and h265 videos; "
+                         f"{'PNG frames are' if frames else 'ffv1 is'} lossless")
+    if frames and getattr(args, "preview", None):   # interpolate's picture reads its video
+        raise ValueError("preview: drawn from a video output; write a video to get one")
     return dict(steps=args.steps, sampler=args.sampler, device=args.device,
                 precision=args.precision, seed=args.seed, tile=args.tile, compile=args.compile,
-                crf=crf, lossless=args.lossless)
+                codec=args.codec, crf=crf, lossless=args.lossless)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -117,7 +141,8 @@ def _cmd_distill(args: argparse.Namespace) -> None:
 def _cmd_sample(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import sample_files
 
-    for path in sample_files(args.run_dir, args.input, args.output, **_inference_kwargs(args)):
+    for path in sample_files(args.run_dir, args.input, args.output,
+                             **_inference_kwargs(args, None)):
         print(f"wrote {path}")
 
 
@@ -125,8 +150,8 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import interpolate
 
     interpolate(args.input, args.output, factor=args.factor, model=args.model,
-                scene_cuts=not args.no_scene_cuts, batch=args.batch, overlap=args.overlap,
-                **_inference_kwargs(args))
+                scene_cuts=not args.no_scene_cuts, scene_threshold=args.scene_threshold,
+                batch=args.batch, overlap=args.overlap, **_inference_kwargs(args, args.output))
     if args.preview:
         from tcvbm.preview import interpolation_preview
 
@@ -137,14 +162,14 @@ def _cmd_i2v(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import image_to_video
 
     image_to_video(args.input, args.output, frames=args.frames, fps=args.fps, model=args.model,
-                   **_inference_kwargs(args))
+                   **_inference_kwargs(args, args.output))
 
 
 def _cmd_upscale(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import upscale
 
     upscale(args.input, args.output, scale=args.scale, model=args.model, batch=args.batch,
-            overlap=args.overlap, **_inference_kwargs(args))
+            overlap=args.overlap, **_inference_kwargs(args, args.output))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -198,11 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("interpolate", help="multiply a video's frame rate")
     p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
+    _output_flag(p)
     p.add_argument("--factor", type=int, default=2, choices=[2, 4, 8])
     _window_flags(p)
     p.add_argument("--no-scene-cuts", action="store_true",
                    help="interpolate across detected scene cuts too")
+    p.add_argument("--scene-threshold", type=float, default=1.0, metavar="X",
+                   help="scene-cut sensitivity: both cut thresholds times X (default 1.0; 0.5 "
+                        "finds softer cuts and may cut fast motion, 2.0 only the starkest)")
     p.add_argument("--preview", default=None, metavar="PNG",
                    help="also write a picture: linear blending above the output, frame by frame")
     _inference_flags(p, "default-interp")
@@ -210,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("i2v", help="animate an image into a clip")
     p.add_argument("input", metavar="IMAGE")
-    p.add_argument("-o", "--output", required=True)
+    _output_flag(p)
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--fps", type=float, default=8.0)
     _inference_flags(p, None)
@@ -218,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upscale", help="video super-resolution")
     p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
+    _output_flag(p)
     p.add_argument("--scale", type=int, default=None, choices=[2, 4])
     _window_flags(p)
     _inference_flags(p, None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from tcvbm import samplers
+from tcvbm.data.outputs import resolve_output
 from tcvbm.data.streams import (
     RepairCounter,
     constant_rate_indices,
@@ -143,21 +144,25 @@ class RunSummary:
     steps: int
     sampler: str
     warnings: int = 0
+    scene_cuts: int = 0
 
     def __str__(self) -> str:
         rate = self.frames_out / max(self.seconds, 1e-9)
-        tail = f", {self.warnings} warning(s)" if self.warnings else ""
+        tail = f", {self.scene_cuts} scene cut(s)" if self.scene_cuts else ""
+        tail += f", {self.warnings} warning(s)" if self.warnings else ""
         return (f"{self.input} -> {self.output}: {self.frames_in} frames in, {self.frames_out} "
                 f"frames out in {self.seconds:.1f} s ({rate:.1f} frames/s), model {self.model}, "
                 f"{self.steps} step(s) ({self.sampler}){tail}")
 
 
 def _summary(input, output, frames_in: int, frames_out: int, started: float, model, bundle,
-             steps: int | None, sampler: str | None, warnings: int, progress: bool) -> RunSummary:
+             steps: int | None, sampler: str | None, warnings: int, progress: bool,
+             scene_cuts: int = 0) -> RunSummary:
     """The closing line of a command (printed when the command shows progress)."""
     summary = RunSummary(str(input), str(output), frames_in, frames_out,
                          time.perf_counter() - started, model_label(model),
-                         int(steps or bundle.steps or 1), sampler or bundle.sampler, warnings)
+                         int(steps or bundle.steps or 1), sampler or bundle.sampler, warnings,
+                         scene_cuts)
     if progress:
         print(summary, file=sys.stderr)
     return summary
@@ -179,19 +184,23 @@ class _PassPlan:
 def _restore_video(input, output, model, task: str, kind: str,
                    plan: Callable[[InferenceBundle], _PassPlan], *, steps: int | None,
                    sampler: str | None, device: str, precision: str, overlap: int | None,
-                   tile: int | None, batch: int, scene_cuts: bool, seed: int, compile: bool,
-                   progress: bool, progress_label: str, crf: int,
-                   lossless: bool) -> RunSummary:
+                   tile: int | None, batch: int, scene_cuts: bool, scene_threshold: float,
+                   seed: int, compile: bool, progress: bool, progress_label: str,
+                   codec: str | None, crf: int, lossless: bool) -> RunSummary:
     """The one body of the video-to-video commands; ``plan(bundle)`` is what tells them apart.
 
-    Opens ``input`` before loading the model, so a bad file fails fast; checks the model is
-    a ``task`` model; runs ``plan``'s passes over the stream, shot by shot; writes ``output``
-    at the new rate with the input's audio, at ``crf`` or ``lossless`` (the writer's). With
-    a frame-rate factor the input frames are kept exactly (they are the keyframes), so a
-    lossless output gives them back bit for bit.
+    Checks ``output`` and opens ``input`` before loading the model, so a bad name or file
+    fails fast; checks the model is a ``task`` model; runs ``plan``'s passes over the
+    stream, shot by shot (cuts found by a detector at ``scene_threshold``); writes
+    ``output``, a video at the new rate with the input's audio (``codec``, ``crf``,
+    ``lossless``: the writer's) or PNG frames. With a frame-rate factor the input frames
+    are kept exactly (they are the keyframes), so a lossless output gives them back bit
+    for bit.
     """
     started = time.perf_counter()
     warn = RepairCounter()
+    resolve_output(output, codec, crf, lossless)
+    cut_detector = SceneCutDetector.scaled(scene_threshold, enabled=scene_cuts)
     with open_video(input) as reader:
         bundle = resolve_bundle(model)
         if bundle.task.name != task:
@@ -207,24 +216,28 @@ def _restore_video(input, output, model, task: str, kind: str,
         if len(indices) == 1 and rate_gain > 1:
             warn(f"input: {input} has a single frame; it is repeated {rate_gain} times")
         stream: Iterable[Tensor] = prefetched(read_repaired(reader, indices, warn))
-        for _ in range(passes.count):
+        # one detector per pass; the first pass's cuts are the input's (later passes see them
+        # again in the frames the first one made)
+        detectors = [replace(cut_detector) for _ in range(passes.count)]
+        for detector in detectors:
             blender = TemporalBlender(fn, passes.inputs, overlap, passes.factor,
                                       keep_inputs=passes.factor > 1, batch=batch)
-            stream = restore_stream(stream, blender, SceneCutDetector(enabled=scene_cuts))
+            stream = restore_stream(stream, blender, detector)
         if progress:
             stream = with_progress(stream, len(indices) * rate_gain, progress_label)
         frames_out = write_counted(prefetched(stream), output, fps * rate_gain,
-                                   audio_from=input, crf=crf, lossless=lossless)
+                                   audio_from=input, codec=codec, crf=crf, lossless=lossless)
     return _summary(input, output, len(indices), frames_out, started, model, bundle, steps,
-                    sampler, warn.count, progress)
+                    sampler, warn.count, progress, detectors[0].cuts)
 
 
 def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int = 2,
                 model="default-interp", steps: int | None = None, sampler: str | None = None,
                 device: str = "cpu", precision: str = "fp32", *, overlap: int | None = None,
                 tile: int | None = None, batch: int = 1, scene_cuts: bool = True,
-                seed: int = 0, compile: bool = False, progress: bool = True,
-                crf: int = DEFAULT_CRF, lossless: bool = False) -> RunSummary:
+                scene_threshold: float = 1.0, seed: int = 0, compile: bool = False,
+                progress: bool = True, codec: str | None = None, crf: int = DEFAULT_CRF,
+                lossless: bool = False) -> RunSummary:
     """Multiply the frame rate of ``input`` by ``factor``; writes ``output`` atomically.
 
     Same duration, fps x ``factor``, audio copied, input frames kept exactly, shots never
@@ -232,8 +245,13 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
     ``overlap`` counts input frames shared by neighbouring windows (default: one, the
     keyframe where they meet; it is kept exactly, so windows join without blending and
     every in-between frame costs one model call; more overlap averages windows).
-    ``crf``: x264 quality of the output (0-51, lower is better); ``lossless``: RGB-exact
-    output instead (``crf`` then does not apply).
+    ``scene_threshold`` scales both thresholds of the cut detector
+    (:meth:`tcvbm.scenes.SceneCutDetector.scaled`: below 1 finds more cuts, above 1 fewer);
+    ``scene_cuts=False`` turns it off.
+    ``output``: a video (``.mp4``, ``.mkv``, ``.mov``, ``.avi``) or PNG frames (``DIR/`` or
+    a pattern such as ``frames_%06d.png``; :mod:`tcvbm.data.outputs`). ``codec``: h264
+    (default), h265 or ffv1 (videos only); ``crf``: x264/x265 quality (0-51, lower is
+    better); ``lossless``: RGB-exact output instead (``crf`` then does not apply).
     """
     if factor not in (2, 4, 8):
         raise ValueError(f"factor: expected 2, 4 or 8, got {factor!r}")
@@ -245,19 +263,21 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
     return _restore_video(input, output, model, "interp", "frame-interpolation", plan,
                           steps=steps, sampler=sampler, device=device, precision=precision,
                           overlap=overlap, tile=tile, batch=batch, scene_cuts=scene_cuts,
-                          seed=seed, compile=compile, progress=progress,
-                          progress_label="interpolate", crf=crf, lossless=lossless)
+                          scene_threshold=scene_threshold, seed=seed, compile=compile,
+                          progress=progress, progress_label="interpolate", codec=codec,
+                          crf=crf, lossless=lossless)
 
 
 def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | None = None,
             model=None, steps: int | None = None, sampler: str | None = None,
             device: str = "cpu", precision: str = "fp32", *, overlap: int | None = None,
             tile: int | None = None, batch: int = 1, seed: int = 0, compile: bool = False,
-            progress: bool = True, crf: int = DEFAULT_CRF, lossless: bool = False) -> RunSummary:
+            progress: bool = True, codec: str | None = None, crf: int = DEFAULT_CRF,
+            lossless: bool = False) -> RunSummary:
     """Upscale every frame of ``input`` by ``scale`` (default: the model's) with a VSR model.
 
     Image super-resolution models are VSR models of one frame and run the same way.
-    ``crf``/``lossless``: the output's quality, as for :func:`interpolate`.
+    ``output``, ``codec``, ``crf``, ``lossless``: as for :func:`interpolate`.
     """
     if model is None:
         raise ValueError("model: upscaling needs a trained super-resolution model (--model)")
@@ -270,27 +290,28 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
     return _restore_video(input, output, model, "vsr", "super-resolution", plan,
                           steps=steps, sampler=sampler, device=device, precision=precision,
                           overlap=overlap, tile=tile, batch=batch, scene_cuts=True,
-                          seed=seed, compile=compile, progress=progress,
-                          progress_label="upscale", crf=crf, lossless=lossless)
+                          scene_threshold=1.0, seed=seed, compile=compile, progress=progress,
+                          progress_label="upscale", codec=codec, crf=crf, lossless=lossless)
 
 
 def image_to_video(image: str | os.PathLike, output: str | os.PathLike,
                    frames: int | None = None, fps: float = 8.0, model=None,
                    steps: int | None = None, sampler: str | None = None, device: str = "cpu",
                    precision: str = "fp32", *, tile: int | None = None, seed: int = 0,
-                   compile: bool = False, progress: bool = True, crf: int = DEFAULT_CRF,
-                   lossless: bool = False) -> RunSummary:
+                   compile: bool = False, progress: bool = True, codec: str | None = None,
+                   crf: int = DEFAULT_CRF, lossless: bool = False) -> RunSummary:
     """Animate ``image`` into ``frames`` frames (default: the model's clip length).
 
     Longer videos chain windows: each new window starts from the last frame generated, so
     consecutive windows share one frame exactly instead of cutting.
-    ``crf``/``lossless``: the output's quality, as for :func:`interpolate`.
+    ``output``, ``codec``, ``crf``, ``lossless``: as for :func:`interpolate`.
     """
     if model is None:
         raise ValueError("model: image-to-video needs a trained i2v model (--model)")
     if fps <= 0:
         raise ValueError(f"fps: must be > 0, got {fps}")
     started = time.perf_counter()
+    resolve_output(output, codec, crf, lossless)
     bundle = resolve_bundle(model)
     if bundle.task.name != "i2v":
         raise ValueError(f"model: {model_label(model)} is a {bundle.task.name!r} model, "
@@ -316,7 +337,7 @@ def image_to_video(image: str | os.PathLike, output: str | os.PathLike,
     stream: Iterable[Tensor] = generate()
     if progress:
         stream = with_progress(stream, frames, "i2v")
-    frames_out = write_counted(stream, output, fps, audio_from=None, crf=crf,
+    frames_out = write_counted(stream, output, fps, audio_from=None, codec=codec, crf=crf,
                                lossless=lossless)
     return _summary(image, output, 1, frames_out, started, model, bundle, steps, sampler, 0,
                     progress)
@@ -326,15 +347,15 @@ def sample_files(run_dir: str | os.PathLike, input: str | os.PathLike,
                  output_dir: str | os.PathLike, steps: int | None = None,
                  sampler: str | None = None, device: str = "cpu",
                  precision: str = "fp32", *, tile: int | None = None, seed: int = 0,
-                 compile: bool = False, crf: int = DEFAULT_CRF,
+                 compile: bool = False, codec: str | None = None, crf: int = DEFAULT_CRF,
                  lossless: bool = False) -> list[Path]:
     """Run a trained model on a file or every video/image in a folder (``tcvbm sample``).
 
     The run's own task decides the command: interpolation at the model's factor,
-    upscaling at its scale, image-to-video from images; outputs are named after inputs
-    (``.mp4``, which holds the lossless encoding too).
+    upscaling at its scale, image-to-video from images; outputs are videos named after
+    inputs, ``.mp4`` (which holds the lossless encoding too), ``.mkv`` for ``codec="ffv1"``,
+    which MP4 cannot hold. ``codec``, ``crf``, ``lossless``: as for :func:`interpolate`.
     """
-    bundle = resolve_bundle(run_dir)
     root = Path(input)
     if root.is_dir():
         files = sorted(p for p in root.iterdir()
@@ -346,13 +367,16 @@ def sample_files(run_dir: str | os.PathLike, input: str | os.PathLike,
     if not files:
         raise ValueError(f"input: no video or image files in {root}")
     out_dir = Path(output_dir)
+    suffix = ".mkv" if codec == "ffv1" else ".mp4"
+    resolve_output(out_dir / f"{files[0].stem}{suffix}", codec, crf, lossless)
+    bundle = resolve_bundle(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = bundle.task.name
     common = dict(steps=steps, sampler=sampler, device=device, precision=precision, tile=tile,
-                  seed=seed, compile=compile, crf=crf, lossless=lossless)
+                  seed=seed, compile=compile, codec=codec, crf=crf, lossless=lossless)
     written = []
     for path in files:
-        target = out_dir / f"{path.stem}.mp4"
+        target = out_dir / f"{path.stem}{suffix}"
         if name == "interp":
             interpolate(path, target, bundle.task.factor, model=bundle, **common)
         elif name == "vsr":

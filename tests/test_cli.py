@@ -65,14 +65,15 @@ def _record_calls(monkeypatch, module: str, name: str) -> list[tuple[tuple, dict
 
 
 INFERENCE = ["--steps", "3", "--sampler", "posterior-mean", "--device", "cuda:1", "--precision",
-             "bf16", "--seed", "7", "--tile", "64", "--compile", "--crf", "23"]
+             "bf16", "--seed", "7", "--tile", "64", "--compile", "--codec", "h264", "--crf", "23"]
 INFERENCE_KWARGS = dict(steps=3, sampler="posterior-mean", device="cuda:1", precision="bf16",
-                        seed=7, tile=64, compile=True, crf=23, lossless=False)
+                        seed=7, tile=64, compile=True, codec="h264", crf=23, lossless=False)
 
 
 @pytest.mark.parametrize("command,function,argv,extra", [
     ("interpolate", "interpolate", ["in.mp4", "-o", "out.mp4", "--overlap", "2", "--batch", "3"],
-     dict(overlap=2, batch=3, model="default-interp", factor=2, scene_cuts=True)),
+     dict(overlap=2, batch=3, model="default-interp", factor=2, scene_cuts=True,
+          scene_threshold=1.0)),
     ("upscale", "upscale", ["in.mp4", "-o", "out.mp4", "--model", "m", "--overlap", "1"],
      dict(overlap=1, batch=1, model="m", scale=None)),
     ("i2v", "image_to_video", ["in.png", "-o", "out.mp4", "--model", "m"],

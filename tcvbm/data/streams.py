@@ -24,8 +24,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tcvbm.data.errors import VideoReadError
+from tcvbm.data.outputs import open_output
 from tcvbm.data.video import VideoReader
-from tcvbm.data.writer import DEFAULT_CRF, write_video
+from tcvbm.data.writer import DEFAULT_CRF
 
 __all__ = ["MIN_SIZE", "RepairCounter", "open_video", "cfr_indices", "constant_rate_indices",
            "read_repaired", "prefetched", "with_progress", "write_counted", "read_image"]
@@ -195,22 +196,17 @@ def with_progress(frames: Iterable[Tensor], total: int, desc: str) -> Iterator[T
 
 
 def write_counted(frames: Iterable[Tensor], output: str | os.PathLike, fps: float,
-                  audio_from: str | os.PathLike | None, *, crf: int = DEFAULT_CRF,
-                  lossless: bool = False) -> int:
-    """Write through the atomic writer, counting frames; nothing is left on failure.
+                  audio_from: str | os.PathLike | None, *, codec: str | None = None,
+                  crf: int = DEFAULT_CRF, lossless: bool = False) -> int:
+    """Write frames to ``output`` atomically, a video or PNG frames; returns how many.
 
-    ``crf`` and ``lossless`` are the writer's (:class:`tcvbm.data.writer.VideoWriter`).
+    ``codec``, ``crf`` and ``lossless`` are the writer's
+    (:func:`tcvbm.data.outputs.resolve_output`); nothing is left on failure.
     """
-    count = 0
-
-    def counted() -> Iterator[Tensor]:
-        nonlocal count
+    with open_output(output, fps, audio_from, codec, crf, lossless) as writer:
         for frame in frames:
-            count += 1
-            yield frame
-
-    write_video(counted(), str(output), fps, audio_from=audio_from, crf=crf, lossless=lossless)
-    return count
+            writer.write(frame)
+    return writer.frames_written
 
 
 def read_image(path: str | os.PathLike) -> Tensor:

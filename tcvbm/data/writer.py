@@ -7,17 +7,24 @@ arrive in pieces (the inference pipeline streams windows of any-length videos),
 and the audio of ``audio_from`` is copied packet by packet while the video
 advances, re-encoded to AAC only when the target container cannot hold it.
 
-Two encodings: H.264 4:2:0 at an x264 ``crf`` (small, plays everywhere), or, ``lossless``,
-RGB H.264 at qp 0 (libx264rgb), which decodes to exactly the RGB that was written (a
-4:2:0 or even 4:4:4 YUV encode cannot: the RGB -> YUV conversion rounds).
+The container follows the output name (:data:`CONTAINERS`: ``.mp4``, ``.mkv``, ``.mov``,
+``.avi``), the codec is one of :data:`CODECS`: H.264 4:2:0 at an x264 ``crf`` (small, plays
+everywhere), H.265 4:2:0 at an x265 ``crf`` (the newer codec: slower to encode, played by
+fewer browsers and devices), or FFV1 (FFmpeg's lossless archive codec, in RGB). ``lossless``
+H.264 is RGB H.264 at qp 0 (libx264rgb). FFV1 and lossless H.264 decode to exactly the RGB
+that was written (a 4:2:0 or even 4:4:4 YUV encode cannot: the RGB -> YUV conversion rounds).
+A name or a codec that does not fit is refused by :func:`video_encoding` before anything is
+written, which the inference commands call before they load a model.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -26,15 +33,26 @@ import torch
 from tcvbm.atomic import AtomicPath
 from tcvbm.data.errors import VideoReadError
 
-__all__ = ["VideoWriter", "write_video", "DEFAULT_GOP", "DEFAULT_CRF", "check_crf",
+__all__ = ["FrameWriter", "VideoWriter", "write_video", "video_encoding", "Encoding",
+           "as_frames", "CODECS", "CONTAINERS", "DEFAULT_GOP", "DEFAULT_CRF", "check_crf",
            "fps_fraction"]
 
 # A keyframe every 8 frames: random clips decode about 3x faster than with the
 # encoders' default of 250 (see docs/data.md), for a modest size cost.
 DEFAULT_GOP = 8
 DEFAULT_CRF = 18        # x264 quality: visually lossless for most content
-_CRF_MAX = 51           # x264's 8-bit scale runs from 0 (best) to 51 (smallest file)
-_H264_NAMES = frozenset({"h264", "libx264", "avc"})
+_CRF_MAX = 51           # x264's and x265's 8-bit scale runs from 0 (best) to 51 (smallest file)
+CODECS = ("h264", "h265", "ffv1")
+# The codecs each accepted container holds, as this project writes them and FFmpeg muxes them.
+# WebM takes none of them (VP8, VP9 and AV1 only), MOV and AVI refuse FFV1 and H.265 in turn,
+# and FFV1 has no registered MP4 mapping (FFmpeg alone would read it back).
+CONTAINERS: dict[str, frozenset[str]] = {
+    ".mp4": frozenset({"h264", "h265"}),
+    ".mkv": frozenset(CODECS),
+    ".mov": frozenset({"h264", "h265"}),
+    ".avi": frozenset({"h264", "ffv1"}),
+}
+_MPEG4 = "mpeg4"        # H.264's stand-in where the build has no x264; rate-controlled
 # x264's SIMD macroblock-tree code (its AVX-512 version, here) made the same frames encode to
 # different pixels from run to run, even on one thread. cpu-independent runs the portable
 # version instead, documented by x264 as giving the same output on every CPU.
@@ -43,12 +61,21 @@ _X264_REPRODUCIBLE = {"x264-params": "cpu-independent=1"}
 # at qp 0 fits MP4, MOV, MKV and AVI and plays wherever FFmpeg does; FFV1 (FFmpeg's own) is
 # for builds without x264. At qp 0 x264's presets change only the size and the time: veryfast
 # made files no larger than medium's, in 60% of its time.
+_FFV1 = ("ffv1", "bgr0", {})
 _LOSSLESS = (("libx264rgb", "rgb24", {"qp": "0", "preset": "veryfast", **_X264_REPRODUCIBLE}),
-             ("ffv1", "bgr0", {}))
+             _FFV1)
+# x265 prints a banner and statistics on stderr at every encode; errors are still reported.
+_X265_QUIET = {"x265-params": "log-level=error"}
+_X265_MIN = 16          # x265 refuses to open for frames smaller than this on a side
+# On frames this narrow or narrower x265's cuTree (its lookahead's quality tuning) writes past
+# its buffers: valgrind showed invalid writes at widths 16 and 48, none at 50, 56 and up, and the
+# corrupted heap crashed the process. Without cuTree the same encodes are clean.
+_X265_NARROW = 48
+# Apple's players open H.265 in MP4 and MOV only under the hvc1 tag; FFmpeg's default is hev1.
+_HVC1 = frozenset({".mp4", ".mov"})
 # Audio codecs each container takes as they are; others are re-encoded to AAC.
 _AUDIO_REMUX: dict[str, frozenset[str] | None] = {
     ".mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}),
-    ".m4v": frozenset({"aac", "mp3", "alac", "ac3", "eac3"}),
     ".mov": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_f32le"}),
     ".mkv": None,  # Matroska holds anything
     ".avi": frozenset({"mp3", "ac3", "pcm_s16le", "aac"}),
@@ -83,31 +110,79 @@ def check_crf(crf: int) -> int:
     return crf
 
 
-def _pick_encoder(codec: str) -> str:
-    if _has_encoder(codec):
-        return codec
-    if codec in _H264_NAMES:
-        warnings.warn("no h264 encoder in this FFmpeg build: writing mpeg4 instead",
-                      RuntimeWarning, stacklevel=4)
-        return "mpeg4"
-    raise ValueError(f"codec {codec!r}: no such video encoder in this FFmpeg build")
+class Encoding(NamedTuple):
+    """How a video is encoded: ``codec`` (one of :data:`CODECS`), the FFmpeg ``encoder``, its
+    pixel format and options; ``exact`` when it decodes to exactly the RGB written."""
+
+    codec: str
+    encoder: str
+    pix_fmt: str
+    options: dict[str, str]
+    exact: bool
 
 
-def _encoding(codec: str, crf: int, lossless: bool) -> tuple[str, str, dict[str, str]]:
-    """(encoder, pixel format, encoder options) of a writer."""
+def _encoder_for(codec: str, crf: int, lossless: bool) -> Encoding:
+    if codec == "ffv1":
+        if not _has_encoder("ffv1"):
+            raise ValueError("codec ffv1: this FFmpeg build has no ffv1 encoder")
+        return Encoding("ffv1", *_FFV1[:2], {}, True)
     if lossless:
+        if codec != "h264":
+            raise ValueError(f"lossless: RGB-exact output is H.264 (libx264rgb) or FFV1, not "
+                             f"{codec}: use codec h264 or ffv1")
         for name, pix_fmt, options in _LOSSLESS:
             if _has_encoder(name):
-                return name, pix_fmt, dict(options)
+                return Encoding("ffv1" if name == "ffv1" else "h264", name, pix_fmt,
+                                dict(options), True)
         raise ValueError("lossless: this FFmpeg build has neither a libx264rgb nor an ffv1 "
                          "encoder")
-    codec = _pick_encoder(codec)
-    options = ({"crf": str(crf), "preset": "medium", **_X264_REPRODUCIBLE}
-               if codec in _H264_NAMES else {})
-    return codec, "yuv420p", options
+    if codec == "h265":
+        if not _has_encoder("libx265"):
+            raise ValueError("codec h265: this FFmpeg build has no libx265 encoder; use h264")
+        return Encoding("h265", "libx265", "yuv420p",
+                        {"crf": str(crf), "preset": "medium", **_X265_QUIET}, False)
+    if not _has_encoder("libx264"):
+        return Encoding("h264", _MPEG4, "yuv420p", {}, False)
+    return Encoding("h264", "libx264", "yuv420p",
+                    {"crf": str(crf), "preset": "medium", **_X264_REPRODUCIBLE}, False)
 
 
-def _as_frames(frames: FrameBatch) -> np.ndarray:
+def video_encoding(path: str | os.PathLike, codec: str = "h264", crf: int = DEFAULT_CRF,
+                   lossless: bool = False) -> Encoding:
+    """The encoding of a video written to ``path``, or a ``ValueError`` naming what does not fit.
+
+    Checks, without writing anything, that the extension is a container of
+    :data:`CONTAINERS`, that ``codec`` is one of :data:`CODECS` and this FFmpeg build has its
+    encoder, that the container holds it, and ``crf`` (which FFV1 and ``lossless`` ignore).
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in CONTAINERS:
+        raise ValueError(f"output {path!r}: expected a video name ending in "
+                         f"{', '.join(CONTAINERS)} (got {ext or 'no extension'})")
+    if codec not in CODECS:
+        raise ValueError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
+    encoding = _encoder_for(codec, check_crf(crf), lossless)
+    if encoding.codec not in CONTAINERS[ext]:
+        fits = [e for e, codecs in CONTAINERS.items() if encoding.codec in codecs]
+        what = "lossless (ffv1 in this build)" if codec != encoding.codec else encoding.codec
+        raise ValueError(f"output {path!r}: {ext} cannot hold {what}; use "
+                         f"{' or '.join(fits)}")
+    return encoding
+
+
+def _x265_options(options: dict[str, str], height: int, width: int,
+                  path: str) -> dict[str, str]:
+    """x265's options for frames of this size, or a ``ValueError`` when it cannot take them."""
+    if min(height, width) < _X265_MIN:
+        raise ValueError(f"h265: cannot write {path!r}: x265 takes frames of at least "
+                         f"{_X265_MIN}x{_X265_MIN}, these are {width}x{height}; use h264")
+    if width > _X265_NARROW:
+        return options
+    return {**options, "x265-params": f"{options['x265-params']}:cutree=0"}
+
+
+def as_frames(frames: FrameBatch) -> np.ndarray:
     """One frame (H, W, 3) or a batch (n, H, W, 3) of uint8 -> contiguous (n, H, W, 3) array."""
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
@@ -124,17 +199,57 @@ def _as_frames(frames: FrameBatch) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-class VideoWriter:
+class FrameWriter(ABC):
+    """A streaming output of frames: ``write`` batches, then ``close`` puts the output in place
+    (returning its path) or ``abort`` drops it, leaving the target as it was.
+
+    As a context manager it closes when the body returns and aborts when it raises (Ctrl-C
+    included), so a failed command leaves nothing half-written. ``path`` names the output and
+    ``frames_written`` counts the frames so far.
+    """
+
+    path: str
+    frames_written: int
+    closed: bool
+
+    @abstractmethod
+    def write(self, frames: FrameBatch) -> None:
+        """Append uint8 frames ``(n, H, W, 3)`` (or one ``(H, W, 3)``)."""
+
+    @abstractmethod
+    def close(self) -> str:
+        """Finish the output and move it into place; returns the path."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop everything written so far; the target is left untouched."""
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            self.abort()
+
+
+class VideoWriter(FrameWriter):
     """Streaming video writer; use as a context manager or call ``close``.
 
-    ``codec``: an FFmpeg encoder name; ``"h264"`` falls back to ``"mpeg4"`` when the
-    build has no h264 encoder. ``crf``: x264 quality, 0 to 51 (lower is better; 18 is
-    visually lossless). ``lossless``: every frame decodes to exactly the RGB written
-    (libx264rgb at qp 0, or FFV1 where the build has no x264); it decides the encoder, so
-    ``codec`` and ``crf`` do not apply. ``gop``: keyframe interval. Odd frame sizes are
-    padded by one replicated row/column in 4:2:0 (which needs even sizes), kept as they are
-    when lossless. With ``audio_from`` the first audio stream of that file is copied,
-    trimmed to the video's duration.
+    ``codec``: one of :data:`CODECS`; ``"h264"`` falls back to ``"mpeg4"`` when the build
+    has no x264. ``crf``: x264/x265 quality, 0 to 51 (lower is better; 18 is visually
+    lossless for x264). ``lossless``: every frame decodes to exactly the RGB written
+    (libx264rgb at qp 0, or FFV1 where the build has no x264); ``crf`` then does not apply,
+    nor to FFV1, which is always lossless. The container is the extension's, checked
+    with ``codec`` by :func:`video_encoding` here, before anything is written. ``gop``:
+    keyframe interval. Odd frame sizes are padded by one replicated row/column in 4:2:0
+    (which needs even sizes), kept as they are by the RGB encodings. With ``audio_from``
+    the first audio stream of that file is copied, trimmed to the video's duration.
     """
 
     def __init__(
@@ -151,11 +266,15 @@ class VideoWriter:
         self.fps = fps_fraction(fps)
         if gop < 1:
             raise ValueError(f"gop must be >= 1, got {gop}")
-        self.crf, self.gop, self.lossless = check_crf(crf), gop, lossless
-        self.codec, self._pix_fmt, self._options = _encoding(codec, crf, lossless)
-        self._pads = self._pix_fmt == "yuv420p"   # 4:2:0 needs even sizes
+        self.encoding = video_encoding(self.path, codec, crf, lossless)
+        if self.encoding.encoder == _MPEG4:
+            warnings.warn("no h264 encoder in this FFmpeg build: writing mpeg4 instead",
+                          RuntimeWarning, stacklevel=3)
+        self.crf, self.gop, self.lossless = crf, gop, self.encoding.exact
+        self.codec = self.encoding.encoder
+        self._pads = self.encoding.pix_fmt == "yuv420p"   # 4:2:0 needs even sizes
         self.audio_from = None if audio_from is None else os.fspath(audio_from)
-        self._ext = os.path.splitext(self.path)[1].lower() or ".mp4"
+        self._ext = os.path.splitext(self.path)[1].lower()
         # FFmpeg picks the container by the staged name's extension, hence suffix=
         self._atomic = AtomicPath(self.path, suffix=self._ext)
         self._out = None
@@ -172,30 +291,32 @@ class VideoWriter:
             raise ValueError(f"cannot write video {self.path!r}: {e}") from e
         try:
             stream = self._out.add_stream(self.codec, rate=self.fps)
-        except ValueError as e:  # the container cannot hold this codec
-            option = "lossless: " if self.lossless else ""
-            raise ValueError(f"{option}cannot write {self.path!r}: {e}; use .mkv or .mp4") from e
+        except ValueError as e:  # a build whose muxer disagrees with CONTAINERS
+            raise ValueError(f"cannot write {self.path!r}: {e}") from e
         if self._pads:
             width, height = width + width % 2, height + height % 2
-        stream.width, stream.height, stream.pix_fmt = width, height, self._pix_fmt
+        stream.width, stream.height, stream.pix_fmt = width, height, self.encoding.pix_fmt
         stream.codec_context.gop_size = self.gop
+        if self.encoding.codec == "h265" and self._ext in _HVC1:
+            stream.codec_context.codec_tag = "hvc1"
         # PyAV opens encoders with slice threads: x264 then cuts each frame into one slice per
         # thread, as many as the CPUs the process may use, so one CPU and two gave different
         # videos. Frame threads give the same pixels for any thread count, and run faster.
         stream.codec_context.thread_type = "FRAME"
-        if self._options:
-            stream.options = self._options
-        elif not self.lossless:  # mpeg4 and friends are rate-controlled: give them ample bits
+        if self.encoding.encoder == _MPEG4:   # rate-controlled: give it ample bits
             stream.bit_rate = int(max(2e6, stream.width * stream.height * float(self.fps) * 0.4))
+        elif self.encoding.codec == "h265":
+            stream.options = _x265_options(self.encoding.options, height, width, self.path)
+        elif self.encoding.options:
+            stream.options = self.encoding.options
         self._video = stream
         if self.audio_from is not None:
             self._audio = _AudioCopier(self.audio_from, self._out, self._ext)
 
     def write(self, frames: FrameBatch) -> None:
-        """Append uint8 frames ``(n, H, W, 3)`` (or one ``(H, W, 3)``)."""
         if self.closed:
             raise ValueError(f"writer for {self.path!r} is closed")
-        batch = _as_frames(frames)
+        batch = as_frames(frames)
         h, w = batch.shape[1:3]
         if self._shape is None:
             self._shape = (h, w)
@@ -244,19 +365,6 @@ class VideoWriter:
                 pass
         self._audio = self._out = None
         self._atomic.discard()
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def __del__(self) -> None:
-        if not getattr(self, "closed", True):
-            self.abort()
 
 
 class _AudioCopier:
@@ -341,7 +449,7 @@ def write_video(
     """Write uint8 frames (a ``(n, H, W, 3)`` tensor/array or an iterable of such
     batches or single frames, consumed lazily) to ``path`` atomically; returns the path.
 
-    ``options`` go to :class:`VideoWriter` (``crf``, ``gop``, ``lossless``).
+    ``codec`` and ``options`` go to :class:`VideoWriter` (``crf``, ``gop``, ``lossless``).
     """
     with VideoWriter(path, fps, audio_from=audio_from, codec=codec, **options) as writer:
         if isinstance(frames, (torch.Tensor, np.ndarray)):
