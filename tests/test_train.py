@@ -164,7 +164,8 @@ def test_train_entry_point_on_video_files(tmp_path: Path, make_clip, capsys) -> 
 def test_training_eval_scores_like_tcvbm_eval(tmp_path: Path, make_clip) -> None:
     """The evaluation logged by a run is the mean over its held-out clips of
     ``tcvbm.metrics.psnr`` (capped per-frame PSNR) of the exported model's samples and of the
-    source, on clips spread over all windows of the held-out videos."""
+    source, as the 8-bit frames a command writes, on clips spread over all windows of the held-out videos."""
+    from tcvbm.data.visual import uint8_levels
     from tcvbm.metrics import psnr
     from tcvbm.pipeline import model_window_fn
     from tcvbm.train.run import train, training_eval
@@ -188,8 +189,8 @@ def test_training_eval_scores_like_tcvbm_eval(tmp_path: Path, make_clip) -> None
     task, scored = bundle.task, ~bundle.task.known_frames(FRAMES)
     target = torch.stack([clip for _, clip in clips])
     observed = [task.degrade(clip[None]) for _, clip in clips]
-    made = torch.cat([sample(obs) for obs in observed])
-    source = torch.cat([task.lift(obs, FRAMES) for obs in observed])
+    made = uint8_levels(torch.cat([sample(obs) for obs in observed]))  # the frames written
+    source = uint8_levels(torch.cat([task.lift(obs, FRAMES) for obs in observed]))
     assert figures["eval/psnr"] == pytest.approx(float(psnr(made, target, scored).mean()), abs=1e-4)
     assert figures["eval/psnr_source"] == pytest.approx(float(psnr(source, target, scored).mean()),
                                                         abs=1e-4)
