@@ -164,7 +164,8 @@ def test_train_entry_point_on_video_files(tmp_path: Path, make_clip, capsys) -> 
 def test_training_eval_scores_like_tcvbm_eval(tmp_path: Path, make_clip) -> None:
     """The evaluation logged by a run is the mean over its held-out clips of
     ``tcvbm.metrics.psnr`` (capped per-frame PSNR) of the exported model's samples and of the
-    source, as the 8-bit frames a command writes, on clips spread over all windows of the held-out videos."""
+    source, as the 8-bit frames a command writes, on clips spread over all windows of the
+    held-out videos."""
     from tcvbm.data.visual import uint8_levels
     from tcvbm.metrics import psnr
     from tcvbm.pipeline import model_window_fn

@@ -154,22 +154,12 @@ class ImageSequenceWriter(FrameWriter):
             Image.fromarray(array).save(self._atomic.staged / name, format="PNG")
             self.frames_written += 1
 
-    def close(self) -> str:
-        """Put the frames in place (all at once in a new folder); returns the pattern."""
-        if self.closed:
-            return self.path
-        try:
-            if not self.frames_written:
-                raise ValueError(f"no frames were written to {self.path!r}")
-            if self.pattern.parent.exists():   # also when it appeared while writing
-                self._move_in()
-            else:
-                self._atomic.commit()
-        except BaseException:
-            self.abort()
-            raise
-        self.closed = True
-        return self.path
+    def _finish(self) -> None:
+        """Put the frames in place: all at once in a new folder, or moved into an existing one."""
+        if self.pattern.parent.exists():   # also when it appeared while writing
+            self._move_in()
+        else:
+            self._atomic.commit()
 
     def _move_in(self) -> None:
         """Move the staged frames into the existing folder; none stay there if one fails."""

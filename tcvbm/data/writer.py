@@ -216,9 +216,24 @@ class FrameWriter(ABC):
     def write(self, frames: FrameBatch) -> None:
         """Append uint8 frames ``(n, H, W, 3)`` (or one ``(H, W, 3)``)."""
 
-    @abstractmethod
     def close(self) -> str:
-        """Finish the output and move it into place; returns the path."""
+        """Finish the output and move it into place; returns the path. On any failure the
+        output is aborted first, so nothing half-written stays behind."""
+        if self.closed:
+            return self.path
+        try:
+            if not self.frames_written:
+                raise ValueError(f"no frames were written to {self.path!r}")
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        self.closed = True
+        return self.path
+
+    @abstractmethod
+    def _finish(self) -> None:
+        """Complete the staged output and put it in place (:meth:`close` handles failure)."""
 
     @abstractmethod
     def abort(self) -> None:
@@ -335,24 +350,14 @@ class VideoWriter(FrameWriter):
         if self._audio is not None:
             self._audio.copy_until(self.frames_written / self.fps)
 
-    def close(self) -> str:
-        """Flush, mux the rest of the audio and move the file into place; returns the path."""
-        if self.closed:
-            return self.path
-        try:
-            if self._out is None:
-                raise ValueError(f"no frames were written to {self.path!r}")
-            self._out.mux(self._video.encode(None))
-            if self._audio is not None:
-                self._audio.copy_until(self.frames_written / self.fps, final=True)
-            self._out.close()
-            self._out = None
-            self._atomic.commit()
-        except BaseException:
-            self.abort()
-            raise
-        self.closed = True
-        return self.path
+    def _finish(self) -> None:
+        """Flush, mux the rest of the audio and move the file into place."""
+        self._out.mux(self._video.encode(None))
+        if self._audio is not None:
+            self._audio.copy_until(self.frames_written / self.fps, final=True)
+        self._out.close()
+        self._out = None
+        self._atomic.commit()
 
     def abort(self) -> None:
         """Drop everything written so far; the target path is left untouched."""
