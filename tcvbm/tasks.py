@@ -110,17 +110,21 @@ class FrameInterpolation(Task):
       tells the model each frame's time position;
     * 7-8 and 9-10: the flows (x, y) from the frame to its left and right keyframe, divided
       by :data:`FLOW_SCALE` pixels so that they are of order one;
-    * 11: ``|A - B|`` averaged over channels, where the candidates disagree.
+    * 11: ``|A - B|`` averaged over channels, where the candidates disagree;
+    * 12-14: the two keyframes mixed linearly, unwarped (``mode="blend"``'s source): where
+      flow fails (fades, blur, periodic texture) this is the better guess, and only a
+      model that sees it can fall back to it per pixel.
 
-    Keyframes (and frames after the last one) have ``A = B =`` the frame, weight 1 and zero
-    flows. The fusion output of :class:`tcvbm.models.VideoBackbone` reads channels 0-6.
+    Keyframes (and frames after the last one) have ``A = B =`` blend ``=`` the frame, weight
+    1 and zero flows. The fusion output of :class:`tcvbm.models.VideoBackbone` reads channels
+    0-6 and the last three.
     """
 
     factor: int = 2
     mode: str = "blend"
     context: bool = False
     name: ClassVar[str] = "interp"
-    CONTEXT_CHANNELS: ClassVar[int] = 12
+    CONTEXT_CHANNELS: ClassVar[int] = 15
     FLOW_SCALE: ClassVar[float] = 32.0
 
     def __post_init__(self) -> None:
@@ -196,7 +200,8 @@ class FrameInterpolation(Task):
 
         between = (tau > 0).cpu()
         t = times.view(1, -1, 1, 1, 1)
-        source = blended.detach().float().cpu().clone()
+        linear = blended.detach().float().cpu().clamp(-1, 1)
+        source = linear.clone()
         source[:, :, between] = frames((1 - t) * pairs.left + t * pairs.right) * 2 - 1
         source = source.clamp(-1, 1)
         context = None
@@ -208,7 +213,8 @@ class FrameInterpolation(Task):
             flows[:, :, between] = frames(torch.cat([pairs.left_flow, pairs.right_flow], 2))
             prior = (1 - tau).float().cpu().view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
             context = torch.cat([cand_a, cand_b, prior, flows / self.FLOW_SCALE,
-                                 (cand_a - cand_b).abs().mean(1, keepdim=True)], dim=1)
+                                 (cand_a - cand_b).abs().mean(1, keepdim=True),
+                                 linear], dim=1)
             context = context.to(device=observation.device, dtype=observation.dtype)
         return source.to(device=observation.device, dtype=observation.dtype), context
 

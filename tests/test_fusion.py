@@ -65,16 +65,29 @@ def test_the_window_function_prepares_the_context_for_the_model() -> None:
 
 @torch.no_grad()
 def test_identical_candidates_come_back_exactly_whatever_the_mask() -> None:
-    """Keyframes carry A = B: with a live mask and no residual the fusion returns them bit for
-    bit, while the in-between frames move away from flow's fixed weights."""
+    """Keyframes carry A = B = blend: with a live mask and blend weight and no residual the
+    fusion returns them bit for bit, while the in-between frames move away from flow."""
     model = fusion_model().eval()
     head = model.out[2]  # the zero-initialised output convolution: 3 residual channels, 1 mask
-    head.weight[3].normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
-    head.bias[3] = 0.3
+    for channel in (3, 8):   # the mask logit and the blend weight
+        head.weight[channel].normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+        head.bias[channel] = 0.3
     sample = CONTEXT(drifting_texture(9, shift=1)[..., :24, :32])
     out = model(sample.source, torch.ones(1), cond=sample.source, context=sample.context)
     assert torch.equal(out[:, :, ::4], sample.source[:, :, ::4])
     assert (out - sample.source)[:, :, 1::4].abs().max() > 1e-3
+
+
+def test_a_blend_weight_of_one_returns_the_unwarped_blend() -> None:
+    """v = 1 (and no other output) gives the keyframes mixed linearly on in-between frames."""
+    from tcvbm.models.fusion import fuse_candidates
+
+    sample = CONTEXT(drifting_texture(9, shift=1)[..., :24, :32])
+    out = torch.zeros(1, 9, 9, 24, 32)
+    out[:, 8] = 1.0
+    blend = get_task("interp", factor=4, mode="blend")(drifting_texture(9, shift=1)[..., :24, :32])
+    torch.testing.assert_close(fuse_candidates(out, sample.context, 3), blend.source,
+                               atol=1e-6, rtol=0)
 
 
 def test_the_network_runs_only_on_the_frames_it_makes() -> None:
@@ -92,19 +105,20 @@ def test_the_network_runs_only_on_the_frames_it_makes() -> None:
 
 
 def selection_toy(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """(x0, source, context) where candidate A is right on the left half of every frame and
-    B on the right half; elsewhere each is unrelated noise. The source is their average."""
-    x0 = torch.rand(count, 3, 3, 16, 16, generator=generator) * 2 - 1
-    wrong = torch.rand(x0.shape, generator=generator) * 2 - 1
-    left = torch.arange(16) < 8
-    a, b = torch.where(left, x0, wrong), torch.where(left, wrong, x0)
-    weight = torch.full((count, 1, 3, 16, 16), 0.5)
-    flows = torch.zeros(count, 4, 3, 16, 16)
-    context = torch.cat([a, b, weight, flows, (a - b).abs().mean(1, keepdim=True)], dim=1)
+    """(x0, source, context) where candidate A is right on the left third of every frame, B
+    on the middle third and the unwarped blend on the right third (where flow failed on
+    both sides); elsewhere each is unrelated noise. The source is the average of A and B."""
+    x0 = torch.rand(count, 3, 3, 18, 18, generator=generator) * 2 - 1
+    third = torch.arange(18) // 6
+    a, b, blend = (torch.where(third == k, x0, torch.rand(x0.shape, generator=generator) * 2 - 1)
+                   for k in range(3))
+    weight = torch.full((count, 1, 3, 18, 18), 0.5)
+    flows = torch.zeros(count, 4, 3, 18, 18)
+    context = torch.cat([a, b, weight, flows, (a - b).abs().mean(1, keepdim=True), blend], dim=1)
     return x0, 0.5 * (a + b), context
 
 
-def trained_psnr(fusion: bool, steps: int = 30) -> tuple[float, float]:
+def trained_psnr(fusion: bool, steps: int = 60) -> tuple[float, float]:
     """PSNR of a tiny model trained ``steps`` Adam steps of bridge matching at t = 1 (where
     1-step inference calls it) on fresh toy clips, and of the source, on held-out toys."""
     model = fusion_model(fusion=fusion)
@@ -126,9 +140,9 @@ def trained_psnr(fusion: bool, steps: int = 30) -> tuple[float, float]:
 
 
 def test_fusion_learns_a_per_pixel_choice_the_residual_model_does_not() -> None:
-    """Thirty steps: the fusion head learns to take A on the left and B on the right, far
-    above the average (the flow-like source); a residual model reading the same context
-    has to synthesise the choice and stays at the average."""
+    """Sixty steps: the fusion head learns to take A on the left, B in the middle and the
+    blend on the right, far above the average (the flow-like source); a residual model
+    reading the same context has to synthesise the choice and stays at the average."""
     fused, average = trained_psnr(fusion=True)
     residual, _ = trained_psnr(fusion=False)
     assert fused > average + 10, (fused, average)
@@ -157,8 +171,9 @@ def test_the_residual_acts_only_where_the_candidates_disagree() -> None:
     a = torch.rand(1, 3, 3, 8, 8, generator=g) * 2 - 1
     b = a.clone()
     b[..., 4:] -= 0.1
-    context = torch.cat([a, b, torch.full((1, 1, 3, 8, 8), 0.5), torch.zeros(1, 5, 3, 8, 8)], 1)
-    out = torch.zeros(1, 8, 3, 8, 8)
+    context = torch.cat([a, b, torch.full((1, 1, 3, 8, 8), 0.5), torch.zeros(1, 5, 3, 8, 8),
+                         0.5 * (a + b)], 1)
+    out = torch.zeros(1, 9, 3, 8, 8)
     out[:, :3] = 0.05
     x0 = fuse_candidates(out, context, 3)
     mix = 0.5 * (a + b)
@@ -177,7 +192,7 @@ def shifted_toy(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor,
     off = torch.cat([x0[..., :1], x0[..., :-1]], dim=-1)     # content moved right by one
     weight = torch.full((count, 1, 3, 16, 18), 0.5)
     context = torch.cat([off, off, weight, torch.zeros(count, 4, 3, 16, 18),
-                         torch.zeros(count, 1, 3, 16, 18)], dim=1)
+                         torch.zeros(count, 1, 3, 16, 18), off], dim=1)
     return x0[..., 1:-1], off[..., 1:-1], context[..., 1:-1]
 
 
@@ -242,7 +257,7 @@ def test_the_fusion_recipe_builds_a_model_that_reads_its_task_context() -> None:
     cfg = load_config("interp-fusion")
     task = build_task(cfg)
     model = create(cfg.model.name, **cfg.model.params)
-    assert task.context_channels == model.config.context_channels == 12 and model.config.fusion
+    assert task.context_channels == model.config.context_channels == 15 and model.config.fusion
     assert cfg.bridge.eps < 0.25 and cfg.loss.t_one_prob > 0
     for bad, key in (("loss.t_one_prob=1.0", "loss.t_one_prob"),
                      ("loss.weighting=min-snr", "loss.t_one_prob")):

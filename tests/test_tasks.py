@@ -263,11 +263,13 @@ def test_flow_context_holds_both_candidates_their_weight_and_flows(factor: int, 
     task = get_task("interp", factor=factor, mode="flow", context=True)
     x0 = drifting_texture(frames, shift)
     out = task(x0)
-    assert task.context_channels == task.CONTEXT_CHANNELS == 12
-    assert out.context.shape == (1, 12, frames, 48, 64)
+    assert task.context_channels == task.CONTEXT_CHANNELS == 15
+    assert out.context.shape == (1, 15, frames, 48, 64)
     assert torch.equal(out.source, get_task("interp", factor=factor, mode="flow")(x0).source)
     a, b, weight = out.context[:, 0:3], out.context[:, 3:6], out.context[:, 6:7]
-    flow_a, flow_b, differ = out.context[:, 7:9], out.context[:, 9:11], out.context[:, 11:]
+    flow_a, flow_b, differ = out.context[:, 7:9], out.context[:, 9:11], out.context[:, 11:12]
+    blend = out.context[:, 12:]
+    assert torch.equal(blend, get_task("interp", factor=factor, mode="blend")(x0).source)
     last = (frames - 1) // factor * factor
     tau = torch.tensor([0.0 if i >= last else i % factor / factor for i in range(frames)])
     assert torch.equal(weight, (1 - tau).view(1, 1, -1, 1, 1).expand_as(weight))
@@ -276,6 +278,7 @@ def test_flow_context_holds_both_candidates_their_weight_and_flows(factor: int, 
     held = tau == 0
     assert torch.equal(a[:, :, held], out.source[:, :, held])
     assert torch.equal(b[:, :, held], out.source[:, :, held])
+    assert torch.equal(blend[:, :, held], out.source[:, :, held])
     assert not flow_a[:, :, held].any() and not flow_b[:, :, held].any()
     inner = (slice(None), slice(None), ~held, slice(12, -12), slice(12, -12))
     left = x0[:, :, torch.arange(frames) // factor * factor]
@@ -301,11 +304,12 @@ def test_flow_context_is_an_option_of_the_flow_mode() -> None:
     assert task_from_config(task.to_config()) == task
     assert task_from_config({"name": "interp", "factor": 2, "mode": "flow"}) == plain
     source, context = task.prepare(x0[:, :, ::2], 5)
-    assert torch.equal(source, task.lift(x0[:, :, ::2], 5)) and context.shape[1] == 12
+    assert torch.equal(source, task.lift(x0[:, :, ::2], 5)) and context.shape[1] == 15
     # one keyframe (too few frames for a pair): every frame holds it, with no motion
     source, context = task.prepare(x0[:, :, :1], 2)
     assert torch.equal(source, x0[:, :, :1].expand(-1, -1, 2, -1, -1))
     assert torch.equal(context[:, :3], source) and torch.equal(context[:, 3:6], source)
-    assert (context[:, 6] == 1).all() and not context[:, 7:].any()
+    assert (context[:, 6] == 1).all() and not context[:, 7:12].any()
+    assert torch.equal(context[:, 12:], source)
     with pytest.raises(ValueError, match="^context"):
         get_task("interp", factor=2, mode="blend", context=True)

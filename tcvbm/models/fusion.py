@@ -1,25 +1,28 @@
 """The fusion head of frame interpolation: two warped candidates in, one frame out.
 
 Practical interpolators beat flow averaging by letting a network correct what flow got
-wrong in three cheap ways, each of which a plain residual would have to synthesise pixel by
+wrong in cheap ways, each of which a plain residual would have to synthesise pixel by
 pixel: nudge each warped candidate by a small flow correction (RIFE's refinement, for edges
 that flow misplaced by a pixel or two), choose per pixel between the two (occlusions, flow
-failures on one side) and add what is left as a residual. The network predicts
+failures on one side), fall back to the unwarped blend of the keyframes where flow failed
+on both sides (fades, motion blur, periodic texture: on real clips blending beats flow by
+a dB or more on some) and add what is left as a residual. The network predicts
 
 * ``r``: ``C`` channels of residual;
 * ``l``: one mask logit, ``m = sigmoid(logit(w) + l)`` where ``w`` is flow's own weight of
   ``A``, so ``l = 0`` is flow interpolation;
-* ``dA``, ``dB``: two (x, y) corrections, in pixels, by which ``A`` and ``B`` are resampled.
+* ``dA``, ``dB``: two (x, y) corrections, in pixels, by which ``A`` and ``B`` are resampled;
+* ``v``: the weight of the blend ``L`` (the keyframes mixed linearly, unwarped).
 
-and ``x0 = B' + m (A' - B') + g r``, where the gate ``g = min(|A - B| / RESIDUAL_GATE, 1)``
+and, with ``F = B' + m (A' - B')``, ``x0 = F + v (L - F) + g r``, where the gate ``g = min(|A - B| / RESIDUAL_GATE, 1)``
 (``|A - B|`` averaged over channels) lets the residual act only where the two warped
 keyframes disagree: where they agree, nothing moved or flow followed it, the mix is right
 to within codec noise, and a residual can only add error (a learnt residual without the
 gate took up to 10 dB from still windows of real video). Zero outputs give exactly the
 prior mix ``w A + (1 - w) B``: resampling adds ``sample(x + d) - sample(x)``, two bilinear
 lookups on one grid, which cancel bit for bit at ``d = 0``. Frames where ``w = 1``
-(keyframes, which carry ``A = B`` = the frame) are never resampled and gate the residual
-off, so they come back exactly whatever the network outputs.
+(keyframes, which carry ``A = B = L`` = the frame) are never resampled, have ``L = F`` and
+gate the residual off, so they come back exactly whatever the network outputs.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import Tensor
 __all__ = ["FUSION_CLAMP", "FUSION_OUTPUTS", "RESIDUAL_GATE", "fuse_candidates", "resample"]
 
 FUSION_CLAMP = 1e-3   # w is clamped to [FUSION_CLAMP, 1 - FUSION_CLAMP] so its logit is finite
-FUSION_OUTPUTS = 5    # outputs beyond the residual: the mask logit and two (x, y) corrections
+FUSION_OUTPUTS = 6    # beyond the residual: mask logit, two (x, y) corrections, blend weight
 RESIDUAL_GATE = 0.02  # |A - B| (on [-1, 1]; 2.5 levels of 8 bits) from which r acts fully
 
 
@@ -59,7 +62,8 @@ def resample(x: Tensor, shift: Tensor) -> Tensor:
 
 def fuse_candidates(out: Tensor, context: Tensor, channels: int) -> Tensor:
     """``x0`` from the network's ``out`` (``channels + FUSION_OUTPUTS`` per pixel) and the
-    context's candidates: ``A`` = channels ``[0, C)``, ``B`` = ``[C, 2C)``, ``w`` = ``2C``.
+    context's candidates: ``A`` = channels ``[0, C)``, ``B`` = ``[C, 2C)``, ``w`` = ``2C``,
+    the blend ``L`` = the last ``C``.
 
     The mask is computed in float32: in bf16, ``1 - FUSION_CLAMP`` rounds to 1 and its
     logit to infinity.
@@ -73,4 +77,6 @@ def fuse_candidates(out: Tensor, context: Tensor, channels: int) -> Tensor:
     b = resample(b, out[:, c + 3:c + 5] * between)
     prior = torch.logit(w.clamp(FUSION_CLAMP, 1 - FUSION_CLAMP))
     m = torch.sigmoid(prior + out[:, c:c + 1].float()).to(a.dtype)
-    return b + m * (a - b) + gate * out[:, :c]
+    fused = b + m * (a - b)
+    blend = context[:, -c:]
+    return fused + out[:, c + 5:c + 6] * (blend - fused) + gate * out[:, :c]

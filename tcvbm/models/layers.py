@@ -153,9 +153,9 @@ class VideoBackbone(ModelMixin, ConfigMixin):
             raise ValueError(f"fusion adds a residual to a mix of clips shaped like x_t: it needs "
                              f"out_channels == in_channels and predict_residual, got "
                              f"{out_channels}, {in_channels}, {predict_residual}")
-        if context_channels < 2 * in_channels + 1:
-            raise ValueError(f"fusion reads two candidates and a weight from the context: "
-                             f"context_channels must be >= {2 * in_channels + 1}, got "
+        if context_channels < 3 * in_channels + 1:
+            raise ValueError(f"fusion reads two candidates, a weight and a blend from the "
+                             f"context: context_channels must be >= {3 * in_channels + 1}, got "
                              f"{context_channels}")
         return out_channels + FUSION_OUTPUTS
 
