@@ -2,7 +2,8 @@
 
 Every feature column of a clip (one pixel position across its ``N`` frames) follows the
 linear SDE ``dx = (A x + b) dt + sqrt(eps) dW`` where ``A`` is a symmetric ``N x N`` drift
-matrix acting on the frame axis only. ``A`` is diagonalised once (float64): in its
+matrix acting on the frame axis only, built from the frames' times (:mod:`tcvbm.priors`;
+uniform times unless given). ``A`` is diagonalised once (float64): in its
 eigenbasis every mode is an independent scalar OU bridge, so marginals and posterior steps
 reduce to per-mode weights that are turned back into ``N x N`` frame-mixing matrices and
 applied with one batched matmul over the frame axis. ``A = 0`` (the "brownian" prior,
@@ -29,59 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tcvbm.priors import PRIORS, Times, frame_times, prior_matrix
+
 __all__ = ["Bridge", "PRIORS", "prior_matrix"]
 
-PRIORS: dict[str, dict[str, float]] = {
-    # rho: frame-to-frame correlation of the stationary prior; strength: kappa (mean reversion).
-    "ar1": {"rho": 0.9, "strength": 8.0},
-    # strength: kappa; delta: the diagonal shift that keeps A negative definite.
-    "laplacian": {"strength": 1.0, "delta": 0.1},
-    # A = 0: independent frames, ordinary bridge matching.
-    "brownian": {},
-}
 CENTERS = ("source", "zero")
 _SERIES_BELOW = 1e-4  # phi switches to its Taylor series below this argument
-
-
-def prior_matrix(num_frames: int, prior: str, **params: float) -> Tensor:
-    """The drift matrix ``A`` (float64, symmetric, negative semi-definite) of a named prior."""
-    if prior not in PRIORS:
-        raise ValueError(f"prior: unknown prior {prior!r}; expected one of {sorted(PRIORS)}")
-    unknown = set(params) - set(PRIORS[prior])
-    if unknown:
-        raise ValueError(
-            f"prior_params: {sorted(unknown)} not accepted by prior {prior!r}; "
-            f"it takes {sorted(PRIORS[prior]) or 'no parameters'}"
-        )
-    p = {**PRIORS[prior], **params}
-    n = num_frames
-    if prior == "brownian":
-        return torch.zeros(n, n, dtype=torch.float64)
-    strength = float(p["strength"])
-    if not math.isfinite(strength) or strength < 0:
-        raise ValueError(f"strength: must be a finite number >= 0, got {strength}")
-    if prior == "ar1":
-        rho = float(p["rho"])
-        if not 0.0 <= rho < 1.0:
-            raise ValueError(f"rho: must lie in [0, 1), got {rho}")
-        # Closed-form inverse of C_ij = rho^|i-j| (tridiagonal): no ill-conditioned inversion.
-        diag = torch.full((n,), 1.0 + rho * rho, dtype=torch.float64)
-        diag[0] = diag[-1] = 1.0
-        c_inv = torch.diag(diag) - rho * (torch.diag(torch.ones(n - 1, dtype=torch.float64), 1)
-                                          + torch.diag(torch.ones(n - 1, dtype=torch.float64), -1))
-        c_inv = c_inv / (1.0 - rho * rho)
-        if n == 1:
-            c_inv = torch.ones(1, 1, dtype=torch.float64)
-        return -(strength / 2.0) * c_inv
-    delta = float(p["delta"])
-    if not math.isfinite(delta) or delta < 0:
-        raise ValueError(f"delta: must be a finite number >= 0, got {delta}")
-    off = torch.ones(n - 1, dtype=torch.float64)
-    degree = torch.zeros(n, dtype=torch.float64)
-    degree[1:] += 1.0
-    degree[:-1] += 1.0
-    laplacian = torch.diag(degree) - torch.diag(off, 1) - torch.diag(off, -1)
-    return -strength * (laplacian + delta * torch.eye(n, dtype=torch.float64))
 
 
 def _phi(x: Tensor) -> Tensor:
@@ -133,6 +87,12 @@ class Bridge:
     ``Bridge(num_frames)`` alone gives the project's default: the ar1 prior with rho 0.9 and
     strength 8, eps 0.25, centred on the source (``b = -A X_1``, the process reverts towards
     the source clip rather than towards grey). ``prior="brownian"`` is plain bridge matching.
+
+    ``times`` places the frames at their actual times (one increasing float per frame, in
+    units of the nominal frame interval; ``None`` is ``0, 1, ..., N - 1``), so two frames a
+    gap ``g`` apart are correlated by ``rho^g``. Times belong to a window, not to a model:
+    :meth:`with_times` gives the same prior on other times, and only a bridge on uniform
+    times has a :meth:`to_config`.
     """
 
     def __init__(
@@ -141,6 +101,8 @@ class Bridge:
         prior: str = "ar1",
         eps: float = 0.25,
         center: str = "source",
+        *,
+        times: Times | None = None,
         **prior_params: float,
     ) -> None:
         if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
@@ -153,7 +115,8 @@ class Bridge:
         self.num_frames = num_frames
         self.prior = prior
         self.prior_params = {**PRIORS.get(prior, {}), **prior_params}
-        self.A = prior_matrix(num_frames, prior, **prior_params)
+        self.times = None if times is None else tuple(frame_times(times, num_frames).tolist())
+        self.A = prior_matrix(num_frames, prior, times=self.times, **prior_params)
         self.eps = eps
         self.center = center
         lam, u = torch.linalg.eigh(self.A)
@@ -162,25 +125,45 @@ class Bridge:
         self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ configuration
-    def to_config(self) -> dict[str, Any]:
-        """A JSON-serialisable description that :meth:`from_config` turns back into this bridge."""
+    def _prior_config(self) -> dict[str, Any]:
+        """Everything that defines the bridge except the frame times."""
         return {"num_frames": self.num_frames, "prior": self.prior, "eps": self.eps,
                 "center": self.center, **self.prior_params}
 
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-serialisable description that :meth:`from_config` turns back into this bridge.
+
+        A saved model's bridge is the prior, which each window then places on its own frame
+        times, so times are never part of a config; rather than silently dropping them (a
+        round trip that changes the bridge) a bridge on explicit times refuses.
+        """
+        if self.times is not None:
+            raise ValueError("times: a bridge on explicit frame times has no config; save "
+                             "bridge.with_times(None) and place each window with with_times")
+        return self._prior_config()
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Bridge":
+        """Inverse of :meth:`to_config`; a config never carries frame times."""
+        if "times" in config:
+            raise ValueError("times: not part of a bridge config; frame times belong to each "
+                             "window (Bridge.with_times)")
         return cls(**config)
 
     def with_num_frames(self, num_frames: int) -> "Bridge":
-        """The same prior on clips of another length (for example a single image)."""
-        cfg = self.to_config()
-        cfg["num_frames"] = num_frames
-        return Bridge.from_config(cfg)
+        """The same prior on clips of another length (for example a single image), on uniform
+        times: explicit times do not carry over to another number of frames."""
+        return Bridge(**{**self._prior_config(), "num_frames": num_frames})
+
+    def with_times(self, times: Times | None) -> "Bridge":
+        """The same prior with its ``num_frames`` frames at ``times`` (``None``: uniform)."""
+        return Bridge(**self._prior_config(), times=times)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.prior_params.items())
+        times = "" if self.times is None else f", times={self.times}"
         return (f"Bridge(num_frames={self.num_frames}, prior={self.prior!r}, eps={self.eps}, "
-                f"center={self.center!r}{', ' + params if params else ''})")
+                f"center={self.center!r}{', ' + params if params else ''}{times})")
 
     # ------------------------------------------------------------------ internals
     def _eig(self, device: torch.device) -> tuple[Tensor, Tensor]:
