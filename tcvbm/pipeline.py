@@ -199,9 +199,10 @@ def _restore_video(input, output, model, task: str, kind: str,
     """
     started = time.perf_counter()
     warn = RepairCounter()
-    resolve_output(output, codec, crf, lossless)
+    resolve_output(output, codec, crf, lossless)   # before reading: refused names lose nothing
     cut_detector = SceneCutDetector.scaled(scene_threshold, enabled=scene_cuts)
     with open_video(input) as reader:
+        resolve_output(output, codec, crf, lossless, reader.colour)   # at the input's depth
         bundle = resolve_bundle(model)
         if bundle.task.name != task:
             raise ValueError(f"model: {model_label(model)} is a {bundle.task.name!r} model, "
@@ -226,7 +227,8 @@ def _restore_video(input, output, model, task: str, kind: str,
         if progress:
             stream = with_progress(stream, len(indices) * rate_gain, progress_label)
         frames_out = write_counted(prefetched(stream), output, fps * rate_gain,
-                                   audio_from=input, codec=codec, crf=crf, lossless=lossless)
+                                   audio_from=input, codec=codec, crf=crf, lossless=lossless,
+                                   colour=reader.colour)
     return _summary(input, output, len(indices), frames_out, started, model, bundle, steps,
                     sampler, warn.count, progress, detectors[0].cuts)
 

@@ -26,9 +26,11 @@ HIST_THRESHOLD = 0.15   # histogram distance of a cut
 
 
 def _thumbnail(frame: Tensor) -> Tensor:
-    """uint8 (H, W, 3) -> float (3, h, w) in [0, 1], long side about ``_THUMB`` pixels."""
+    """uint8 or uint16 (H, W, 3) -> float (3, h, w) in [0, 1], long side about ``_THUMB``
+    pixels."""
     step = max(1, max(frame.shape[:2]) // (4 * _THUMB))   # subsample first: cheap on 4K
-    x = frame[::step, ::step].permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    x = frame[::step, ::step].permute(2, 0, 1).unsqueeze(0).float()
+    x = x / torch.iinfo(frame.dtype).max
     h, w = x.shape[-2:]
     scale = _THUMB / max(h, w)
     if scale < 1:
@@ -47,9 +49,9 @@ def _histogram(thumb: Tensor) -> Tensor:
 def frame_change(a: Tensor, b: Tensor) -> tuple[float, float]:
     """(mean absolute grey difference, histogram distance), both in [0, 1], of two frames.
 
-    ``a`` and ``b`` are uint8 (H, W, 3) frames of the same size. The histogram distance is
-    half the L1 distance between the per-channel histograms, averaged over channels (the
-    fraction of pixel mass that has to move between bins).
+    ``a`` and ``b`` are uint8 (or uint16) (H, W, 3) frames of the same size. The histogram
+    distance is half the L1 distance between the per-channel histograms, averaged over
+    channels (the fraction of pixel mass that has to move between bins).
     """
     ta, tb = _thumbnail(a), _thumbnail(b)
     mad = (ta.mean(0) - tb.mean(0)).abs().mean().item()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from tcvbm.data.streams import MIN_SIZE
-from tcvbm.data.visual import from_uint8, to_uint8
+from tcvbm.data.visual import from_pixels, to_pixels
 from tcvbm.models.layers import pad_to_multiple
 from tcvbm.scenes import SceneCutDetector
 
@@ -206,20 +206,22 @@ class TemporalBlender:
 
 def restore_stream(frames: Iterable[Tensor], blender: TemporalBlender,
                    detector: SceneCutDetector | None = None) -> Iterator[Tensor]:
-    """uint8 (H, W, 3) frames in, uint8 frames out: one blender run per shot.
+    """uint8 (H, W, 3) frames in, uint8 frames out (uint16 in, uint16 out): one blender run
+    per shot.
 
     A detected cut ends the shot, so no window ever mixes frames of two shots; for
     interpolation that means the last frame of a shot is repeated up to the cut.
     """
     def out(batch: list[Tensor]) -> Iterator[Tensor]:
         for frame in batch:
-            yield to_uint8(frame.clamp(-1, 1).unsqueeze(1))[0]
+            yield to_pixels(frame.clamp(-1, 1).unsqueeze(1), dtype)[0]
 
-    prev = None
+    prev, dtype = None, torch.uint8
     for frame in frames:
         if prev is not None and detector is not None and detector.is_cut(prev, frame):
             yield from out(blender.finish())
-        yield from out(blender.push(from_uint8(frame.unsqueeze(0))[:, 0]))
+        dtype = frame.dtype
+        yield from out(blender.push(from_pixels(frame.unsqueeze(0))[:, 0]))
         prev = frame
     yield from out(blender.finish())
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
+from tcvbm.data.colour import Colour
 from tcvbm.data.errors import VideoReadError
 
 _log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class Header:
     size: tuple[int, int]  # (H, W)
     pix_fmt: str
     fps: float  # nominal; 0 when the header does not say
+    colour: Colour  # bit depth and colour tags, which an output of the video keeps
 
 
 def _header(path: str, stream) -> Header:
@@ -126,7 +128,8 @@ def _header(path: str, stream) -> Header:
     if not cc.width or not cc.height:
         raise VideoReadError(path, "video stream has no frame size")
     rate = stream.average_rate or stream.guessed_rate
-    return Header((cc.height, cc.width), cc.pix_fmt or "", float(rate) if rate else 0.0)
+    return Header((cc.height, cc.width), cc.pix_fmt or "", float(rate) if rate else 0.0,
+                  Colour.of(cc))
 
 
 @dataclass

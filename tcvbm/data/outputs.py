@@ -4,7 +4,10 @@
 its container from the name). ``DIR/`` (a trailing slash, or a folder that exists) or a printf
 pattern such as ``frames_%06d.png`` is an image sequence: one PNG per frame, numbered from 0,
 ``%06d.png`` inside ``DIR``. PNG is lossless (the frames come back bit for bit) and is what
-video editors import as a sequence; it holds no frame rate and no audio.
+video editors import as a sequence; it holds no frame rate and no audio. Frames of an input
+deeper than 8 bits are 16-bit PNGs (the 0..65535 samples the commands work on). FFmpeg's PNG
+encoder writes them all, and puts a tagged input's primaries and transfer in the colour
+chunks (``cICP``, with ``cHRM`` and ``gAMA`` where those can say them).
 
 :func:`resolve_output` checks a target without writing anything, so the commands refuse a
 name, codec or container that does not fit before they load a model or read a frame.
@@ -25,9 +28,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from PIL import Image
+import numpy as np
 
 from tcvbm.atomic import AtomicPath
+from tcvbm.data.colour import Colour
 from tcvbm.data.errors import VideoReadError
 from tcvbm.data.writer import (
     CONTAINERS,
@@ -95,13 +99,15 @@ def _check_free(pattern: Path) -> None:
 
 
 def resolve_output(output: str | os.PathLike, codec: str | None = None,
-                   crf: int = DEFAULT_CRF, lossless: bool = False) -> OutputTarget:
+                   crf: int = DEFAULT_CRF, lossless: bool = False,
+                   colour: Colour | None = None) -> OutputTarget:
     """Check ``output`` as a target and say what it is; a ``ValueError`` when it cannot be.
 
     A video takes ``codec`` (default h264), ``crf`` and ``lossless``, checked against its
-    container (:func:`tcvbm.data.writer.video_encoding`). An image sequence takes no codec
-    (``crf`` and ``lossless`` do not apply: PNG is lossless), and its folder must not hold
-    files the pattern would write.
+    container (:func:`tcvbm.data.writer.video_encoding`) for frames of ``colour``'s depth (the
+    input's; 8 bits by default). An image sequence takes no codec (``crf`` and ``lossless``
+    do not apply: PNG is lossless), and its folder must not hold files the pattern would
+    write.
     """
     text = os.fspath(output)
     pattern = _sequence_pattern(text)
@@ -109,7 +115,9 @@ def resolve_output(output: str | os.PathLike, codec: str | None = None,
         if Path(text).suffix.lower() not in CONTAINERS:
             raise ValueError(f"output {text!r}: expected a video ({', '.join(CONTAINERS)}) or "
                              "PNG frames (DIR/ or a pattern such as frames_%06d.png)")
-        return OutputTarget(text, encoding=video_encoding(text, codec or "h264", crf, lossless))
+        depth = (colour or Colour()).depth
+        return OutputTarget(text, encoding=video_encoding(text, codec or "h264", crf, lossless,
+                                                          depth))
     if codec is not None:
         raise ValueError(f"codec: output {text!r} is a sequence of PNG frames; a codec "
                          f"({codec}) is for video outputs")
@@ -125,17 +133,31 @@ def _has_audio(path: str | os.PathLike) -> bool:
         raise VideoReadError(path, f"cannot open it to look for audio ({e})") from e
 
 
+def _png(frame: np.ndarray, colour: Colour) -> bytes:
+    """One RGB frame (uint8, or uint16 for a 16-bit PNG) as a PNG file tagged with ``colour``."""
+    deep = frame.dtype == np.uint16
+    picture = av.VideoFrame.from_ndarray(frame, format="rgb48le" if deep else "rgb24")
+    colour.tag(picture, rgb=True)
+    encoder = av.CodecContext.create("png", "w")
+    encoder.width, encoder.height = picture.width, picture.height
+    encoder.pix_fmt = "rgb48be" if deep else "rgb24"
+    return b"".join(bytes(packet) for packet in encoder.encode(picture) + encoder.encode(None))
+
+
 class ImageSequenceWriter(FrameWriter):
     """Streams frames to PNG files named by ``pattern`` (``pattern % i``, ``i`` from 0).
 
     ``audio_from`` is the input whose audio a video would copy: an image sequence cannot hold
-    it, so one warning says so when it has audio.
+    it, so one warning says so when it has audio. ``colour``: the input's depth and colour
+    tags; deeper than 8 bits, frames are uint16 and written as 16-bit PNGs.
     """
 
     def __init__(self, pattern: str | os.PathLike,
-                 audio_from: str | os.PathLike | None = None) -> None:
+                 audio_from: str | os.PathLike | None = None,
+                 colour: Colour | None = None) -> None:
         self.pattern = Path(pattern)
         self.path = os.fspath(pattern)
+        self.colour = colour or Colour()
         _check_free(self.pattern)
         if audio_from is not None and _has_audio(audio_from):
             warnings.warn(f"{os.fspath(audio_from)}: its audio is not written; an image "
@@ -149,9 +171,9 @@ class ImageSequenceWriter(FrameWriter):
     def write(self, frames: FrameBatch) -> None:
         if self.closed:
             raise ValueError(f"writer for {self.path!r} is closed")
-        for array in as_frames(frames):
+        for array in as_frames(frames, np.uint16 if self.colour.deep else np.uint8):
             name = self.pattern.name % self.frames_written
-            Image.fromarray(array).save(self._atomic.staged / name, format="PNG")
+            (self._atomic.staged / name).write_bytes(_png(array, self.colour))
             self.frames_written += 1
 
     def _finish(self) -> None:
@@ -182,11 +204,12 @@ class ImageSequenceWriter(FrameWriter):
 
 def open_output(output: str | os.PathLike, fps: float | Fraction,
                 audio_from: str | os.PathLike | None = None, codec: str | None = None,
-                crf: int = DEFAULT_CRF, lossless: bool = False) -> FrameWriter:
+                crf: int = DEFAULT_CRF, lossless: bool = False,
+                colour: Colour | None = None) -> FrameWriter:
     """The writer of ``output`` (see :func:`resolve_output`): a video at ``fps`` with the audio
-    of ``audio_from``, or PNG frames."""
-    target = resolve_output(output, codec, crf, lossless)
+    of ``audio_from``, or PNG frames, keeping the depth and colour tags of ``colour``."""
+    target = resolve_output(output, codec, crf, lossless, colour)
     if target.pattern is not None:
-        return ImageSequenceWriter(target.pattern, audio_from)
+        return ImageSequenceWriter(target.pattern, audio_from, colour)
     return VideoWriter(target.path, fps, audio_from=audio_from, codec=codec or "h264", crf=crf,
-                       lossless=lossless)
+                       lossless=lossless, colour=colour)

@@ -47,12 +47,18 @@ class _Untrusted(Exception):
 
 
 class PyAVDecoder:
-    """Seek-and-decode random access that reproduces a sequential decode (see the module)."""
+    """Seek-and-decode random access that reproduces a sequential decode (see the module).
 
-    def __init__(self, path: str, threads: int, index: FrameIndex) -> None:
+    ``rgb_format``: what frames are converted to, ``"rgb24"`` (uint8) or ``"rgb48le"``
+    (uint16, which keeps the samples of a source deeper than 8 bits).
+    """
+
+    def __init__(self, path: str, threads: int, index: FrameIndex,
+                 rgb_format: str = "rgb24") -> None:
         self.path = path
         self.threads = threads
         self.index = index
+        self.rgb_format = rgb_format
         self._container = None
         self._frames: Iterator | None = None  # live (number, frame) generator
         self._from: Anchor | None = None  # the anchor it decodes from
@@ -70,7 +76,7 @@ class PyAVDecoder:
         self._container, self._frames, self._from, self._next = None, None, None, -1
 
     def read(self, indices: list[int], scaled_hw: tuple[int, int] | None) -> np.ndarray:
-        """Sorted unique ``indices`` -> uint8 (n, H, W, 3)."""
+        """Sorted unique ``indices`` -> (n, H, W, 3) in ``rgb_format``."""
         try:
             return self._read(indices, scaled_hw)
         except _Untrusted as e:
@@ -84,10 +90,10 @@ class PyAVDecoder:
         for target in indices:
             frame = self._advance_to(target)
             if scaled_hw is None:
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(frame.to_ndarray(format=self.rgb_format))
             else:
                 h, w = scaled_hw
-                scaled = frame.reformat(width=w, height=h, format="rgb24",
+                scaled = frame.reformat(width=w, height=h, format=self.rgb_format,
                                         interpolation=_SCALE_INTERPOLATION)
                 out.append(scaled.to_ndarray())
         return np.stack(out)

@@ -7,6 +7,11 @@ replaced by the previous good one, and every such repair is a warning counted by
 :class:`RepairCounter`, so the closing summary can say the output is not pristine. Anything
 that cannot be repaired (a missing file, no frames, frames too small) is a ``ValueError``
 naming the file.
+
+Frames are uint8 RGB, or uint16 RGB for an input deeper than 8 bits (10-bit video, for one):
+:func:`open_video` reads those at their depth, and :func:`write_counted` given the reader's
+``colour`` writes the output at that depth with the same colour tags
+(:mod:`tcvbm.data.colour`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tcvbm.data.colour import Colour
 from tcvbm.data.errors import VideoReadError
 from tcvbm.data.outputs import open_output
 from tcvbm.data.video import VideoReader
@@ -47,12 +53,15 @@ class RepairCounter:
 
 
 def open_video(path: str | os.PathLike) -> VideoReader:
-    """A reader for ``path``, or a ``ValueError`` saying why the file cannot be restored."""
+    """A reader for ``path``, or a ``ValueError`` saying why the file cannot be restored.
+
+    Frames of a source deeper than 8 bits are read as uint16, keeping their depth.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"input: {path} does not exist or is not a file")
     try:   # PyAV: the frame-exact reference decoder, and the right one to read in order
-        reader = VideoReader(str(path), backend="pyav")
+        reader = VideoReader(str(path), backend="pyav", keep_depth=True)
         length = len(reader)
     except VideoReadError as err:
         raise ValueError(f"input: cannot read {path} as a video: {err}") from err
@@ -109,7 +118,8 @@ def constant_rate_indices(reader, warn: RepairCounter) -> tuple[list[int], float
 
 def read_repaired(reader, indices: Sequence[int], warn: RepairCounter,
                   chunk: int = 16) -> Iterator[Tensor]:
-    """Stream uint8 (H, W, 3) frames; a damaged frame is replaced by the previous good one.
+    """Stream (H, W, 3) frames (the reader's dtype); a damaged frame is replaced by the previous
+    good one.
 
     Decoders report damage as ``VideoReadError`` (a ``ValueError``) or as the errors of the
     underlying library; a failing chunk is retried frame by frame to find the bad ones.
@@ -197,13 +207,16 @@ def with_progress(frames: Iterable[Tensor], total: int, desc: str) -> Iterator[T
 
 def write_counted(frames: Iterable[Tensor], output: str | os.PathLike, fps: float,
                   audio_from: str | os.PathLike | None, *, codec: str | None = None,
-                  crf: int = DEFAULT_CRF, lossless: bool = False) -> int:
+                  crf: int = DEFAULT_CRF, lossless: bool = False,
+                  colour: Colour | None = None) -> int:
     """Write frames to ``output`` atomically, a video or PNG frames; returns how many.
 
     ``codec``, ``crf`` and ``lossless`` are the writer's
-    (:func:`tcvbm.data.outputs.resolve_output`); nothing is left on failure.
+    (:func:`tcvbm.data.outputs.resolve_output`); nothing is left on failure. ``colour``: the
+    input's depth and colour tags (a reader's ``colour``), which the output keeps; frames are
+    uint16 when it is deeper than 8 bits.
     """
-    with open_output(output, fps, audio_from, codec, crf, lossless) as writer:
+    with open_output(output, fps, audio_from, codec, crf, lossless, colour) as writer:
         for frame in frames:
             writer.write(frame)
     return writer.frames_written

@@ -18,6 +18,11 @@ yields. Random access must give exactly those pixels, so
 Resizing happens inside the pixel-format conversion (swscale for PyAV, decord's
 own scaler), which is much cheaper than converting at full size and resizing
 afterwards; only native-size reads are frame-exact across backends.
+
+Frames are uint8 RGB. A reader made with ``keep_depth`` gives the frames of a source deeper
+than 8 bits (10-bit video, for one) as uint16 RGB instead, FFmpeg's ``rgb48le`` conversion
+on the full 0..65535 scale, so its samples are not rounded to 8 bits; the inference
+commands read their input so and write it back at its depth (:mod:`tcvbm.data.colour`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tcvbm.data.colour import Colour
 from tcvbm.data.errors import VideoReadError
 from tcvbm.data.frame_index import FrameIndex, frame_index, short_error
 from tcvbm.data.pyav_decoder import PyAVDecoder
@@ -120,6 +126,7 @@ class _FrameSource:
     """What both readers share: argument checks, clip geometry, the public surface."""
 
     path: str
+    dtype: torch.dtype = torch.uint8  # of the frames read
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -133,7 +140,7 @@ class _FrameSource:
 
     def read(self, indices: Sequence[int], size: Size | None = None,
              crop: Box | None = None) -> torch.Tensor:
-        """Frames ``indices`` (any order, repeats allowed) as uint8 ``(n, H, W, 3)``.
+        """Frames ``indices`` (any order, repeats allowed) as ``(n, H, W, 3)`` of ``dtype``.
 
         With ``size``/``crop`` see :func:`cover_geometry`; without them the frames are
         exactly those of a sequential PyAV decode.
@@ -145,8 +152,8 @@ class _FrameSource:
         return frames
 
     def read_resized(self, indices: Sequence[int], hw: tuple[int, int]) -> torch.Tensor:
-        """Frames ``indices`` scaled to exactly ``hw`` (H, W) during decoding, uint8
-        ``(n, H, W, 3)``."""
+        """Frames ``indices`` scaled to exactly ``hw`` (H, W) during decoding,
+        ``(n, H, W, 3)`` of ``dtype``."""
         idx = [int(i) for i in indices]
         n = len(self)
         bad = [i for i in idx if not 0 <= i < n]
@@ -154,7 +161,7 @@ class _FrameSource:
             raise ValueError(f"frame indices {bad[:5]} outside a video of {n} frames ({self.path})")
         hw = as_hw(hw, "hw")
         if not idx:
-            return torch.empty((0, *hw, 3), dtype=torch.uint8)
+            return torch.empty((0, *hw, 3), dtype=self.dtype)
         wanted = sorted(set(idx))
         frames = self._read(wanted, None if hw == self.size else hw)
         if wanted != idx:
@@ -170,7 +177,7 @@ class _FrameSource:
         size: Size | None = None,
         crop: Box | None = None,
     ) -> torch.Tensor:
-        """``num_frames`` frames from ``start`` every ``stride`` frames, uint8 ``(N, H, W, 3)``."""
+        """``num_frames`` frames from ``start`` every ``stride`` frames, ``(N, H, W, 3)``."""
         return self.read(clip_indices(start, num_frames, stride, len(self)), size=size, crop=crop)
 
     def close(self) -> None:
@@ -190,14 +197,16 @@ class VideoReader(_FrameSource):
     same, but also in a process forked from one using decord, and decoding errors are
     not retried with PyAV) or ``"pyav"``. ``threads``: decoder threads (0 lets the
     decoder choose; data loader workers usually want 1). ``backend`` tells which one
-    was chosen.
+    was chosen. ``keep_depth``: frames of a source deeper than 8 bits are uint16 (see the
+    module); ``colour`` is the source's depth and colour tags, ``dtype`` that of the frames.
 
     Handles are opened lazily and per process, so a reader can be built in the main
     process and used in forked or spawned data loader workers, and it is cheap to
     keep many readers around (``close`` releases files; they reopen on demand).
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str = "auto", threads: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike, backend: str = "auto", threads: int = 0,
+                 keep_depth: bool = False) -> None:
         if backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
         self.path = os.fspath(path)
@@ -212,6 +221,8 @@ class VideoReader(_FrameSource):
             raise VideoReadError(self.path, "file is empty (0 bytes)")
         self._index: FrameIndex = frame_index(self.path, threads)
         self.pix_fmt: str = self._index.header.pix_fmt
+        self.colour: Colour = self._index.header.colour
+        self.dtype = torch.uint16 if keep_depth and self.colour.deep else torch.uint8
         self.backend = "pyav" if backend == "pyav" else self._try_decord(strict=backend == "decord")
         self.fps: float = self._index.header.fps or _fps_from_timestamps(self._index.times)
 
@@ -255,7 +266,8 @@ class VideoReader(_FrameSource):
     def _pyav_decoder(self) -> PyAVDecoder:
         self._check_process()
         if self._pyav is None:
-            self._pyav = PyAVDecoder(self.path, self.threads, self._index)
+            rgb_format = "rgb48le" if self.dtype == torch.uint16 else "rgb24"
+            self._pyav = PyAVDecoder(self.path, self.threads, self._index, rgb_format)
         return self._pyav
 
     def _decord_reader(self, scaled_hw: tuple[int, int] | None):

@@ -2,7 +2,8 @@
 
 Model space is float ``(C, N, H, W)`` (or batched ``(B, C, N, H, W)``) in [-1, 1];
 pixel space is uint8 ``(N, H, W, 3)`` (or ``(B, N, H, W, 3)``), what readers return
-and writers take. The two conversions are exact inverses on uint8 values.
+and writers take, or uint16 on the full 0..65535 scale for video deeper than 8 bits
+(:mod:`tcvbm.data.video`). The two conversions are exact inverses on pixel values.
 """
 
 from __future__ import annotations
@@ -16,19 +17,36 @@ from PIL import Image
 
 from tcvbm.atomic import AtomicPath
 
-__all__ = ["to_uint8", "uint8_levels", "from_uint8", "frame_grid", "save_grid_png", "save_gif"]
+__all__ = ["to_uint8", "to_pixels", "uint8_levels", "from_uint8", "from_pixels", "frame_grid",
+           "save_grid_png", "save_gif"]
+
+PIXEL_DTYPES = (torch.uint8, torch.uint16)
 
 
-def to_uint8(clip: torch.Tensor) -> torch.Tensor:
-    """float ``([B,] C, N, H, W)`` in [-1, 1] -> uint8 ``([B,] N, H, W, 3)`` (1 channel -> gray
-    RGB)."""
+def _half_peak(dtype: torch.dtype) -> float:
+    """Half the largest pixel value of ``dtype``: the scale between pixels and [-1, 1]."""
+    if dtype not in PIXEL_DTYPES:
+        raise ValueError(f"pixels are uint8 or uint16, not {dtype}")
+    return torch.iinfo(dtype).max / 2
+
+
+def to_pixels(clip: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float ``([B,] C, N, H, W)`` in [-1, 1] -> ``dtype`` (uint8 or uint16) pixels
+    ``([B,] N, H, W, 3)`` (1 channel -> gray RGB)."""
     if (not isinstance(clip, torch.Tensor) or clip.ndim not in (4, 5)
             or clip.shape[-4] not in (1, 3)):
         shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
         raise ValueError(f"clip must be a ([B,] C, N, H, W) tensor with C in (1, 3), got {shape}")
-    x = ((clip.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    half = _half_peak(dtype)
+    x = ((clip.detach().float().clamp(-1, 1) + 1) * half).round().to(dtype)
     x = x.movedim(-4, -1)
     return x.expand(*x.shape[:-1], 3).contiguous() if x.shape[-1] == 1 else x.contiguous()
+
+
+def to_uint8(clip: torch.Tensor) -> torch.Tensor:
+    """float ``([B,] C, N, H, W)`` in [-1, 1] -> uint8 ``([B,] N, H, W, 3)``
+    (:func:`to_pixels`)."""
+    return to_pixels(clip, torch.uint8)
 
 
 def uint8_levels(clip: torch.Tensor) -> torch.Tensor:
@@ -40,15 +58,25 @@ def uint8_levels(clip: torch.Tensor) -> torch.Tensor:
     return ((clip.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
+def from_pixels(frames: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32,
+                pixel_dtypes: tuple[torch.dtype, ...] = PIXEL_DTYPES) -> torch.Tensor:
+    """uint8 or uint16 ``([B,] N, H, W, 3)`` -> float ``([B,] 3, N, H, W)`` in [-1, 1].
+
+    ``pixel_dtypes``: the pixel types accepted (:func:`from_uint8` takes uint8 only).
+    """
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    if frames.dtype not in pixel_dtypes or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+        kinds = " or ".join(str(d).removeprefix("torch.") for d in pixel_dtypes)
+        raise ValueError(f"frames must be {kinds} ([B,] N, H, W, 3), got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+    return frames.movedim(-1, -4).to(dtype).div(_half_peak(frames.dtype)).sub(1)
+
+
 def from_uint8(frames: torch.Tensor | np.ndarray,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 ``([B,] N, H, W, 3)`` -> float ``([B,] 3, N, H, W)`` in [-1, 1]."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(frames)
-    if frames.dtype != torch.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 ([B,] N, H, W, 3), got {frames.dtype} "
-                         f"{tuple(frames.shape)}")
-    return frames.movedim(-1, -4).to(dtype).div(127.5).sub(1)
+    return from_pixels(frames, dtype, (torch.uint8,))
 
 
 def _as_pixels(clips) -> np.ndarray:

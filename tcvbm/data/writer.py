@@ -15,6 +15,13 @@ H.264 is RGB H.264 at qp 0 (libx264rgb). FFV1 and lossless H.264 decode to exact
 that was written (a 4:2:0 or even 4:4:4 YUV encode cannot: the RGB -> YUV conversion rounds).
 A name or a codec that does not fit is refused by :func:`video_encoding` before anything is
 written, which the inference commands call before they load a model.
+
+An output keeps its input's bit depth and colour tags (:mod:`tcvbm.data.colour`): a writer
+given a ``colour`` deeper than 8 bits takes uint16 RGB frames (0..65535) and writes them at
+that depth where the encoder can, H.264 and H.265 as 10-bit 4:2:0 (12-bit for 12-bit input
+with H.265), FFV1 and lossless output as FFV1 in planar RGB of the input's depth (RGB H.264
+holds 8 bits). A lossy encoder that cannot hold the depth (x264 built for 8 bits only, the
+mpeg4 stand-in) writes its deepest with a warning; lossless output never drops bits.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 
 from tcvbm.atomic import AtomicPath
+from tcvbm.data.colour import Colour, pix_fmt_depth
 from tcvbm.data.errors import VideoReadError
 
 __all__ = ["FrameWriter", "VideoWriter", "write_video", "video_encoding", "Encoding",
@@ -53,16 +61,21 @@ CONTAINERS: dict[str, frozenset[str]] = {
     ".avi": frozenset({"h264", "ffv1"}),
 }
 _MPEG4 = "mpeg4"        # H.264's stand-in where the build has no x264; rate-controlled
+# Pixel formats of each kind of encoding, shallowest first: each encoding takes the shallowest
+# its encoder has that holds the input's depth (:func:`_format_for`). FFV1's 8-bit RGB is bgr0.
+_YUV420 = ("yuv420p", "yuv420p10le", "yuv420p12le")
+_FFV1_RGB = ("bgr0", "gbrp10le", "gbrp12le", "gbrp16le")
 # x264's SIMD macroblock-tree code (its AVX-512 version, here) made the same frames encode to
 # different pixels from run to run, even on one thread. cpu-independent runs the portable
 # version instead, documented by x264 as giving the same output on every CPU.
 _X264_REPRODUCIBLE = {"x264-params": "cpu-independent=1"}
-# Lossless RGB encoders, first available wins: (encoder, pixel format, options). H.264 in RGB
+# Lossless RGB encoders, first available wins: (encoder, pixel formats, options). H.264 in RGB
 # at qp 0 fits MP4, MOV, MKV and AVI and plays wherever FFmpeg does; FFV1 (FFmpeg's own) is
-# for builds without x264. At qp 0 x264's presets change only the size and the time: veryfast
-# made files no larger than medium's, in 60% of its time.
-_FFV1 = ("ffv1", "bgr0", {})
-_LOSSLESS = (("libx264rgb", "rgb24", {"qp": "0", "preset": "veryfast", **_X264_REPRODUCIBLE}),
+# for builds without x264 and for input deeper than 8 bits, which libx264rgb cannot hold. At
+# qp 0 x264's presets change only the size and the time: veryfast made files no larger than
+# medium's, in 60% of its time.
+_FFV1 = ("ffv1", _FFV1_RGB, {})
+_LOSSLESS = (("libx264rgb", ("rgb24",), {"qp": "0", "preset": "veryfast", **_X264_REPRODUCIBLE}),
              _FFV1)
 # x265 prints a banner and statistics on stderr at every encode; errors are still reported.
 _X265_QUIET = {"x265-params": "log-level=error"}
@@ -120,40 +133,68 @@ class Encoding(NamedTuple):
     options: dict[str, str]
     exact: bool
 
+    @property
+    def depth(self) -> int:
+        """Bits per sample written."""
+        return pix_fmt_depth(self.pix_fmt)
 
-def _encoder_for(codec: str, crf: int, lossless: bool) -> Encoding:
+    @property
+    def rgb(self) -> bool:
+        """Whether it stores RGB (else 4:2:0 YUV, converted from RGB by FFmpeg)."""
+        return av.VideoFormat(self.pix_fmt).is_rgb
+
+
+def _format_for(encoder: str, formats: tuple[str, ...], depth: int) -> str:
+    """The shallowest of ``formats`` (shallowest first) that this build's ``encoder`` takes and
+    that holds ``depth`` bits, else the deepest it takes: x264, for one, writes 10-bit video
+    only where it was built for it."""
+    offered = {f.name for f in av.codec.Codec(encoder, "w").video_formats or ()}
+    usable = [f for f in formats if f in offered] or [formats[0]]
+    return next((f for f in usable if pix_fmt_depth(f) >= depth), usable[-1])
+
+
+def _encoder_for(codec: str, crf: int, lossless: bool, depth: int) -> Encoding:
     if codec == "ffv1":
         if not _has_encoder("ffv1"):
             raise ValueError("codec ffv1: this FFmpeg build has no ffv1 encoder")
-        return Encoding("ffv1", *_FFV1[:2], {}, True)
+        return Encoding("ffv1", "ffv1", _format_for("ffv1", _FFV1_RGB, depth), {}, True)
     if lossless:
         if codec != "h264":
             raise ValueError(f"lossless: RGB-exact output is H.264 (libx264rgb) or FFV1, not "
                              f"{codec}: use codec h264 or ffv1")
-        for name, pix_fmt, options in _LOSSLESS:
-            if _has_encoder(name):
+        for name, formats, options in _LOSSLESS:   # the first that holds every bit
+            if not _has_encoder(name):
+                continue
+            pix_fmt = _format_for(name, formats, depth)
+            if pix_fmt_depth(pix_fmt) >= depth:
                 return Encoding("ffv1" if name == "ffv1" else "h264", name, pix_fmt,
                                 dict(options), True)
+        if depth > 8:
+            raise ValueError(f"lossless: this FFmpeg build has no ffv1 encoder, which lossless "
+                             f"{depth}-bit output needs")
         raise ValueError("lossless: this FFmpeg build has neither a libx264rgb nor an ffv1 "
                          "encoder")
     if codec == "h265":
         if not _has_encoder("libx265"):
             raise ValueError("codec h265: this FFmpeg build has no libx265 encoder; use h264")
-        return Encoding("h265", "libx265", "yuv420p",
+        return Encoding("h265", "libx265", _format_for("libx265", _YUV420, depth),
                         {"crf": str(crf), "preset": "medium", **_X265_QUIET}, False)
     if not _has_encoder("libx264"):
         return Encoding("h264", _MPEG4, "yuv420p", {}, False)
-    return Encoding("h264", "libx264", "yuv420p",
+    return Encoding("h264", "libx264", _format_for("libx264", _YUV420, depth),
                     {"crf": str(crf), "preset": "medium", **_X264_REPRODUCIBLE}, False)
 
 
 def video_encoding(path: str | os.PathLike, codec: str = "h264", crf: int = DEFAULT_CRF,
-                   lossless: bool = False) -> Encoding:
+                   lossless: bool = False, depth: int = 8) -> Encoding:
     """The encoding of a video written to ``path``, or a ``ValueError`` naming what does not fit.
 
     Checks, without writing anything, that the extension is a container of
     :data:`CONTAINERS`, that ``codec`` is one of :data:`CODECS` and this FFmpeg build has its
     encoder, that the container holds it, and ``crf`` (which FFV1 and ``lossless`` ignore).
+    ``depth``: bits per sample of the input, which the encoding keeps where it can (see the
+    module); lossless output deeper than 8 bits is FFV1, which ``.mp4`` and ``.mov`` cannot
+    hold.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -162,10 +203,15 @@ def video_encoding(path: str | os.PathLike, codec: str = "h264", crf: int = DEFA
                          f"{', '.join(CONTAINERS)} (got {ext or 'no extension'})")
     if codec not in CODECS:
         raise ValueError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
-    encoding = _encoder_for(codec, check_crf(crf), lossless)
+    encoding = _encoder_for(codec, check_crf(crf), lossless, depth)
     if encoding.codec not in CONTAINERS[ext]:
         fits = [e for e, codecs in CONTAINERS.items() if encoding.codec in codecs]
-        what = "lossless (ffv1 in this build)" if codec != encoding.codec else encoding.codec
+        if codec == encoding.codec:
+            what = encoding.codec
+        elif depth > 8:
+            what = f"lossless {depth}-bit video (ffv1: RGB H.264 holds 8 bits)"
+        else:
+            what = "lossless (ffv1 in this build)"
         raise ValueError(f"output {path!r}: {ext} cannot hold {what}; use "
                          f"{' or '.join(fits)}")
     return encoding
@@ -182,21 +228,35 @@ def _x265_options(options: dict[str, str], height: int, width: int,
     return {**options, "x265-params": f"{options['x265-params']}:cutree=0"}
 
 
-def as_frames(frames: FrameBatch) -> np.ndarray:
-    """One frame (H, W, 3) or a batch (n, H, W, 3) of uint8 -> contiguous (n, H, W, 3) array."""
+def as_frames(frames: FrameBatch, dtype: type = np.uint8) -> np.ndarray:
+    """One frame (H, W, 3) or a batch (n, H, W, 3) of ``dtype`` (uint8, or uint16 for an
+    output deeper than 8 bits) -> contiguous (n, H, W, 3) array."""
+    want = np.dtype(dtype)
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
     if not isinstance(frames, np.ndarray):
-        raise ValueError(f"frames must be a uint8 tensor or array, got {type(frames).__name__}")
+        raise ValueError(f"frames must be a {want} tensor or array, got {type(frames).__name__}")
     if frames.ndim == 3:
         frames = frames[None]
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(
-            f"frames must be uint8 (n, H, W, 3) or (H, W, 3), got {frames.dtype} "
-            f"{tuple(frames.shape)} "
-            "(convert [-1, 1] clips with tcvbm.data.to_uint8)"
-        )
+    if frames.dtype != want or frames.ndim != 4 or frames.shape[-1] != 3:
+        if frames.dtype in (np.uint8, np.uint16) and frames.dtype != want:
+            hint = (f"this output was opened for {want} frames: its colour's depth "
+                    f"(tcvbm.data.colour.Colour, a reader's .colour) says which")
+        else:
+            hint = "convert [-1, 1] clips with tcvbm.data.to_uint8 or to_pixels"
+        raise ValueError(f"frames must be {want} (n, H, W, 3) or (H, W, 3), got {frames.dtype} "
+                         f"{tuple(frames.shape)} ({hint})")
     return np.ascontiguousarray(frames)
+
+
+def _narrowed(samples: np.ndarray, depth: int) -> np.ndarray:
+    """uint16 samples on the 0..65535 scale rounded to ``depth`` bits (0..2**depth - 1).
+
+    FFmpeg narrows by dropping the low bits, which lowers a sample by up to a level; rounding
+    keeps each within half a level, and gives back exactly the samples of a ``depth``-bit
+    picture that FFmpeg widened (by repeating the high bits) when it was read.
+    """
+    return np.rint(samples.astype(np.float32) * (((1 << depth) - 1) / 65535)).astype(np.uint16)
 
 
 class FrameWriter(ABC):
@@ -265,6 +325,8 @@ class VideoWriter(FrameWriter):
     keyframe interval. Odd frame sizes are padded by one replicated row/column in 4:2:0
     (which needs even sizes), kept as they are by the RGB encodings. With ``audio_from``
     the first audio stream of that file is copied, trimmed to the video's duration.
+    ``colour``: the input's bit depth and colour tags (default: 8-bit, untagged), which the
+    output keeps (see the module); frames are uint16 when it is deeper than 8 bits.
     """
 
     def __init__(
@@ -276,18 +338,26 @@ class VideoWriter(FrameWriter):
         crf: int = DEFAULT_CRF,
         gop: int = DEFAULT_GOP,
         lossless: bool = False,
+        colour: Colour | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.fps = fps_fraction(fps)
         if gop < 1:
             raise ValueError(f"gop must be >= 1, got {gop}")
-        self.encoding = video_encoding(self.path, codec, crf, lossless)
+        self.colour = colour or Colour()
+        self.encoding = video_encoding(self.path, codec, crf, lossless, self.colour.depth)
         if self.encoding.encoder == _MPEG4:
             warnings.warn("no h264 encoder in this FFmpeg build: writing mpeg4 instead",
                           RuntimeWarning, stacklevel=3)
+        if self.encoding.depth < self.colour.depth:
+            warnings.warn(f"{self.encoding.encoder} in this FFmpeg build writes at most "
+                          f"{self.encoding.depth} bits: the {self.colour.depth}-bit input is "
+                          f"written at {self.encoding.depth} bits ({self.path}); codec ffv1 "
+                          "keeps them all", RuntimeWarning, stacklevel=3)
         self.crf, self.gop, self.lossless = crf, gop, self.encoding.exact
         self.codec = self.encoding.encoder
-        self._pads = self.encoding.pix_fmt == "yuv420p"   # 4:2:0 needs even sizes
+        self._pads = not self.encoding.rgb   # 4:2:0 needs even sizes
+        self._dtype = np.uint16 if self.colour.deep else np.uint8
         self.audio_from = None if audio_from is None else os.fspath(audio_from)
         self._ext = os.path.splitext(self.path)[1].lower()
         # FFmpeg picks the container by the staged name's extension, hence suffix=
@@ -311,6 +381,7 @@ class VideoWriter(FrameWriter):
         if self._pads:
             width, height = width + width % 2, height + height % 2
         stream.width, stream.height, stream.pix_fmt = width, height, self.encoding.pix_fmt
+        self.colour.tag(stream.codec_context, self.encoding.rgb)
         stream.codec_context.gop_size = self.gop
         if self.encoding.codec == "h265" and self._ext in _HVC1:
             stream.codec_context.codec_tag = "hvc1"
@@ -331,7 +402,7 @@ class VideoWriter(FrameWriter):
     def write(self, frames: FrameBatch) -> None:
         if self.closed:
             raise ValueError(f"writer for {self.path!r} is closed")
-        batch = as_frames(frames)
+        batch = as_frames(frames, self._dtype)
         h, w = batch.shape[1:3]
         if self._shape is None:
             self._shape = (h, w)
@@ -342,13 +413,26 @@ class VideoWriter(FrameWriter):
         if self._pads and (h % 2 or w % 2):
             batch = np.pad(batch, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         for array in batch:
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame = self._frame(array)
             frame.pts = self.frames_written
             frame.time_base = 1 / self.fps
             self._out.mux(self._video.encode(frame))
             self.frames_written += 1
         if self._audio is not None:
             self._audio.copy_until(self.frames_written / self.fps)
+
+    def _frame(self, array: np.ndarray) -> av.VideoFrame:
+        """One RGB frame for the encoder, tagged with the output's matrix and range: FFmpeg
+        converts it to the encoder's pixel format with those."""
+        if array.dtype == np.uint8:
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+        elif self.encoding.rgb and self.encoding.depth > 8:   # rounded here, not truncated
+            frame = av.VideoFrame.from_ndarray(_narrowed(array, self.encoding.depth),
+                                               format=self.encoding.pix_fmt)
+        else:
+            frame = av.VideoFrame.from_ndarray(array, format="rgb48le")
+        self.colour.tag(frame, self.encoding.rgb)
+        return frame
 
     def _finish(self) -> None:
         """Flush, mux the rest of the audio and move the file into place."""
@@ -454,7 +538,8 @@ def write_video(
     """Write uint8 frames (a ``(n, H, W, 3)`` tensor/array or an iterable of such
     batches or single frames, consumed lazily) to ``path`` atomically; returns the path.
 
-    ``codec`` and ``options`` go to :class:`VideoWriter` (``crf``, ``gop``, ``lossless``).
+    ``codec`` and ``options`` go to :class:`VideoWriter` (``crf``, ``gop``, ``lossless``,
+    ``colour``).
     """
     with VideoWriter(path, fps, audio_from=audio_from, codec=codec, **options) as writer:
         if isinstance(frames, (torch.Tensor, np.ndarray)):
