@@ -277,32 +277,32 @@ def test_context_channels_are_read_after_the_source_and_round_trip(name, tmp_pat
 
 @pytest.mark.parametrize("name", ["unet-tiny", "dit-tiny"])
 def test_fusion_mixes_the_context_candidates_and_round_trips(name, tmp_path):
-    """x0 = B + m (A - B) + r with m = sigmoid(logit(w) + l), w clamped away from 0 and 1: a
-    network that outputs l = 0 and r = 0 gives the prior mix, and a trained one saves and
-    loads as it computes."""
+    """x0 = F + v (L - F) + g r with F = B + m (A - B), m = sigmoid(logit(w) + l), w clamped
+    away from 0 and 1: a network that outputs zeros gives the prior mix whatever the blend
+    L (the last three channels), and a trained one saves and loads as it computes."""
     x = clip(n=3)
-    a, b = clip(n=3, seed=1), clip(n=3, seed=2)
+    a, b, blend = clip(n=3, seed=1), clip(n=3, seed=2), clip(n=3, seed=4)
     w = torch.rand(1, 1, 3, 24, 40, generator=torch.Generator().manual_seed(3))
-    ctx = torch.cat([a, b, w], dim=1)
-    m = create(name, context_channels=7, fusion=True).eval()
+    ctx = torch.cat([a, b, w, blend], dim=1)
+    m = create(name, context_channels=10, fusion=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(m(x, torch.rand(1), cond=x, context=ctx),
                                    b + w.clamp(1e-3, 1 - 1e-3) * (a - b), atol=1e-6, rtol=0)
         perturb(m)
         m.save_pretrained(tmp_path)
         loaded = load_pretrained(tmp_path).eval()
-        assert loaded.config.fusion and loaded.config.context_channels == 7
+        assert loaded.config.fusion and loaded.config.context_channels == 10
         t = torch.full((1,), 0.5)
         assert torch.equal(loaded(x, t, cond=x, context=ctx), m(x, t, cond=x, context=ctx))
 
 
 def test_fusion_needs_its_candidates_and_a_residual():
-    with pytest.raises(ValueError, match="context_channels must be >= 7"):
-        create("unet-tiny", context_channels=6, fusion=True)
+    with pytest.raises(ValueError, match="context_channels must be >= 10"):
+        create("unet-tiny", context_channels=9, fusion=True)
     with pytest.raises(ValueError, match="predict_residual"):
-        create("dit-tiny", context_channels=7, fusion=True, predict_residual=False)
+        create("dit-tiny", context_channels=10, fusion=True, predict_residual=False)
     with pytest.raises(ValueError, match="out_channels == in_channels"):
-        create("unet-tiny", context_channels=7, fusion=True, out_channels=1)
+        create("unet-tiny", context_channels=10, fusion=True, out_channels=1)
     with pytest.raises(ValueError, match="context_channels must be >= 0"):
         create("unet-tiny", context_channels=-1)
 

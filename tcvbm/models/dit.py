@@ -14,7 +14,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 from torch import nn
 
@@ -27,6 +26,7 @@ from .layers import (
     pad_to_multiple,
     zero_module,
 )
+from .saving import register_to_config
 
 AttentionMode = Literal["factorised", "full"]
 
@@ -131,7 +131,6 @@ class DiTVideo(VideoBackbone):
             raise ValueError(f"attention must be 'factorised' or 'full', got {attention!r}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-        self.gradient_checkpointing = False
         self.pairs = rope_split(hidden_size // num_heads)
         stacked = self.stacked_channels(in_channels, conditional, noise_channels, context_channels)
         predicted = self.predicted_channels(in_channels, out_channels, predict_residual,

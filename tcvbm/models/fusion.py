@@ -14,15 +14,15 @@ a dB or more on some) and add what is left as a residual. The network predicts
 * ``dA``, ``dB``: two (x, y) corrections, in pixels, by which ``A`` and ``B`` are resampled;
 * ``v``: the weight of the blend ``L`` (the keyframes mixed linearly, unwarped).
 
-and, with ``F = B' + m (A' - B')``, ``x0 = F + v (L - F) + g r``, where the gate ``g = min(|A - B| / RESIDUAL_GATE, 1)``
-(``|A - B|`` averaged over channels) lets the residual act only where the two warped
-keyframes disagree: where they agree, nothing moved or flow followed it, the mix is right
-to within codec noise, and a residual can only add error (a learnt residual without the
-gate took up to 10 dB from still windows of real video). Zero outputs give exactly the
-prior mix ``w A + (1 - w) B``: resampling adds ``sample(x + d) - sample(x)``, two bilinear
-lookups on one grid, which cancel bit for bit at ``d = 0``. Frames where ``w = 1``
-(keyframes, which carry ``A = B = L`` = the frame) are never resampled, have ``L = F`` and
-gate the residual off, so they come back exactly whatever the network outputs.
+and, with ``F = B' + m (A' - B')``, ``x0 = F + v (L - F) + g r``, where the gate ``g =
+min(|A - B| / RESIDUAL_GATE, 1)`` (``|A - B|`` averaged over channels) lets the residual act
+only where the two warped keyframes disagree: where they agree, nothing moved or flow
+followed it, the mix is right to within codec noise, and a residual can only add error (a
+learnt residual without the gate took up to 10 dB from still windows of real video). Zero
+outputs give exactly the prior mix ``w A + (1 - w) B``: resampling adds ``sample(x + d) -
+sample(x)``, two bilinear lookups on one grid, which cancel bit for bit at ``d = 0``. Frames
+where ``w = 1`` (keyframes, which carry ``A = B = L`` = the frame) are never resampled, have
+``L = F`` and gate the residual off, so they come back exactly whatever the network outputs.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 :class:`VideoBackbone` owns everything that is the same for the UNet and the DiT: input
 checks, stacking ``x_t``, the source clip, the task's context and the generator noise on
 channels, the optional residual over the source or fusion of two candidates, widening the
-first layer for noise channels, switching temporal layers off, and diffusers' save/load.
-Subclasses only map stacked inputs and ``t`` to pixels.
+first layer for noise channels, switching temporal layers off, gradient checkpointing, and
+saving (:mod:`tcvbm.models.saving`). Subclasses only map stacked inputs and ``t`` to pixels.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tcvbm.models.fusion import FUSION_OUTPUTS, fuse_candidates
+from tcvbm.models.saving import SaveableModel
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -105,7 +106,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return flat.reshape(*x.shape[:-2], h + ph, w + pw)
 
 
-class VideoBackbone(ModelMixin, ConfigMixin):
+class VideoBackbone(SaveableModel):
     """Base class of the x0-predicting backbones on clips ``(B, C, N, H, W)``.
 
     Channel order of the first layer is ``[x_t, source clip (if conditional), context,
@@ -124,13 +125,13 @@ class VideoBackbone(ModelMixin, ConfigMixin):
     ``w A + (1 - w) B`` exactly. Keyframes (``w = 1``, ``A = B``) are known: the network is
     not run on them and they come back exactly.
 
-    Subclasses register these config keys: ``in_channels``, ``out_channels``,
-    ``conditional``, ``noise_channels``, ``predict_residual``, ``context_channels``,
-    ``fusion``, and implement :meth:`first_conv` and :meth:`predict`.
+    Subclasses register these config keys (:func:`tcvbm.models.saving.register_to_config`):
+    ``in_channels``, ``out_channels``, ``conditional``, ``noise_channels``,
+    ``predict_residual``, ``context_channels``, ``fusion``, and implement :meth:`first_conv`
+    and :meth:`predict`.
     """
 
-    config_name = "config.json"
-    _supports_gradient_checkpointing = True
+    gradient_checkpointing: bool = False
 
     @staticmethod
     def stacked_channels(in_channels: int, conditional: bool, noise_channels: int,
@@ -158,20 +159,6 @@ class VideoBackbone(ModelMixin, ConfigMixin):
                              f"context: context_channels must be >= {3 * in_channels + 1}, got "
                              f"{context_channels}")
         return out_channels + FUSION_OUTPUTS
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """diffusers' loader, then every tensor copied into its own storage.
-
-        Loaded tensors are views into the file buffer at arbitrary byte offsets; unaligned
-        storage sends CPU kernels down other SIMD paths and changes outputs in the last bits.
-        Fresh copies make a loaded model compute exactly what the saved one did.
-        """
-        model = super().from_pretrained(*args, **kwargs)
-        with torch.no_grad():
-            for tensor in (*model.parameters(), *model.buffers()):
-                tensor.data = tensor.data.clone()
-        return model
 
     def first_conv(self) -> nn.Conv2d:
         """The layer that reads the stacked input channels."""
@@ -300,8 +287,12 @@ class VideoBackbone(ModelMixin, ConfigMixin):
             if isinstance(module, TemporalModule):
                 module.temporal_enabled = enabled
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them."""
+        self.gradient_checkpointing = True
+
     def checkpointed(self, block: nn.Module, *args):
         """Run ``block(*args)``, under activation checkpointing when it is enabled and needed."""
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(block, *args)
+            return checkpoint(block, *args, use_reentrant=False)
         return block(*args)

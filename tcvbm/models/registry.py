@@ -8,38 +8,38 @@ and the constructor arguments of that architecture.
 
 from __future__ import annotations
 
-import inspect
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import CONFIG_DIR
 from .dit import DiTVideo
 from .layers import VideoBackbone
+from .saving import CONFIG_NAME, check_init_args, read_config
 from .unet import UNetVideo
 
 ARCHITECTURES: dict[str, type[VideoBackbone]] = {"unet": UNetVideo, "dit": DiTVideo}
 _CLASSES: dict[str, type[VideoBackbone]] = {cls.__name__: cls for cls in ARCHITECTURES.values()}
-MODEL_CONFIG_DIR = CONFIG_DIR / "models"
+
+
+def model_config_dir() -> Path:
+    """The folder of the shipped model configs.
+
+    :mod:`tcvbm.config` is imported here, not with this module: it brings OmegaConf, which
+    loading saved weights (every inference command) does not need.
+    """
+    from ..config import CONFIG_DIR
+
+    return CONFIG_DIR / "models"
 
 
 def available_models() -> list[str]:
     """Names accepted by :func:`create` (the stems of the shipped YAML configs)."""
-    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
-
-
-def _check_kwargs(cls: type[VideoBackbone], kwargs: dict[str, Any], source: str) -> None:
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"{source}: unknown {cls.__name__} option(s) {unknown}; "
-                         f"valid: {sorted(allowed)}")
+    return sorted(p.stem for p in model_config_dir().glob("*.yaml"))
 
 
 def from_yaml(path: str | Path, **overrides: Any) -> VideoBackbone:
     """A freshly initialised backbone from a YAML config, with keyword ``overrides`` applied."""
+    import yaml  # here: loading saved weights needs no YAML
+
     path = Path(path)
     try:
         spec = yaml.safe_load(path.read_text())
@@ -50,24 +50,18 @@ def from_yaml(path: str | Path, **overrides: Any) -> VideoBackbone:
                          f"{sorted(ARCHITECTURES)}")
     spec = dict(spec)
     cls = ARCHITECTURES[spec.pop("arch")]
-    _check_kwargs(cls, spec, str(path))
-    _check_kwargs(cls, overrides, "overrides")
+    check_init_args(cls, spec, str(path))
+    check_init_args(cls, overrides, "overrides")
     return cls(**{**spec, **overrides})
 
 
-def load_pretrained(path: str | Path, **kwargs: Any) -> VideoBackbone:
-    """Load a directory written by ``save_pretrained``; the class is read from its config.
-
-    ``kwargs`` go to diffusers' ``from_pretrained`` (for example ``torch_dtype``).
-    """
-    config = Path(path) / "config.json"
-    try:
-        class_name = json.loads(config.read_text()).get("_class_name")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{config}: not a saved model directory: {err}") from err
+def load_pretrained(path: str | Path) -> VideoBackbone:
+    """Load a directory written by ``save_pretrained``; the class is read from its config."""
+    config = Path(path) / CONFIG_NAME
+    class_name = read_config(config).get("_class_name")
     if class_name not in _CLASSES:
         raise ValueError(f"{config}: unknown model class {class_name!r}; known: {sorted(_CLASSES)}")
-    return _CLASSES[class_name].from_pretrained(str(path), **kwargs)
+    return _CLASSES[class_name].from_pretrained(path)
 
 
 def create(name_or_path: str | Path, **overrides: Any) -> VideoBackbone:
@@ -78,9 +72,9 @@ def create(name_or_path: str | Path, **overrides: Any) -> VideoBackbone:
     """
     names = available_models()
     if str(name_or_path) in names:
-        return from_yaml(MODEL_CONFIG_DIR / f"{name_or_path}.yaml", **overrides)
+        return from_yaml(model_config_dir() / f"{name_or_path}.yaml", **overrides)
     path = Path(name_or_path)
-    if path.is_dir() and (path / "config.json").is_file():
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
         if overrides:
             raise ValueError(f"{path}: overrides {sorted(overrides)} cannot be applied to saved "
                              "weights")

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import register_to_config
 from einops import rearrange, repeat
 from torch import nn
 
@@ -26,6 +25,7 @@ from .layers import (
     pad_to_multiple,
     zero_module,
 )
+from .saving import register_to_config
 
 
 class ResBlock(nn.Module):
@@ -163,7 +163,6 @@ class UNetVideo(VideoBackbone):
         fusion: bool = False,
     ) -> None:
         super().__init__()
-        self.gradient_checkpointing = False
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         levels = len(channel_mult)
