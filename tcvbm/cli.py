@@ -8,7 +8,9 @@ Bad input surfaces as ``ValueError``; it is printed as one line and exits with s
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 
@@ -28,6 +30,29 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected N or WxH (e.g. 176x144), got {text!r}") from None
+
+
+def parse_factor(text: str) -> int | float:
+    """A frame-rate factor above 1: ``"2"`` (a whole number stays an int), ``"2.5"``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan      # refused below, with the same message
+    if not 1 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number above 1 (2, 3, 2.5), got {text!r}")
+    return int(value) if value.is_integer() else value
+
+
+def parse_fps(text: str) -> float:
+    """An output rate above 0: ``"60"``, ``"59.94"`` or a fraction such as ``"60000/1001"``."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        value = math.nan      # refused below, with the same message
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"expected a frame rate above 0 (60, 59.94 or 60000/1001), got {text!r}")
+    return value
 
 
 def parse_eval_size(text: str) -> tuple[int, int] | str:
@@ -149,13 +174,18 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 def _cmd_interpolate(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import interpolate
 
-    interpolate(args.input, args.output, factor=args.factor, model=args.model,
-                scene_cuts=not args.no_scene_cuts, scene_threshold=args.scene_threshold,
-                batch=args.batch, overlap=args.overlap, **_inference_kwargs(args, args.output))
+    factor = args.factor or 2   # the preview's; the pipeline takes --factor or --fps
+    if args.preview and (args.fps is not None or args.dedup or factor not in (2, 4, 8)):
+        raise ValueError("preview: drawn for --factor 2, 4 or 8, whose every factor-th output "
+                         "frame is an input frame; not with --fps, --dedup or other factors")
+    interpolate(args.input, args.output, factor=args.factor, model=args.model, fps=args.fps,
+                dedup=args.dedup, scene_cuts=not args.no_scene_cuts,
+                scene_threshold=args.scene_threshold, batch=args.batch, overlap=args.overlap,
+                **_inference_kwargs(args, args.output))
     if args.preview:
         from tcvbm.preview import interpolation_preview
 
-        print(f"wrote {interpolation_preview(args.input, args.output, args.preview, args.factor)}")
+        print(f"wrote {interpolation_preview(args.input, args.output, args.preview, factor)}")
 
 
 def _cmd_i2v(args: argparse.Namespace) -> None:
@@ -221,10 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_flags(p, None, model=False)
     p.set_defaults(fn=_cmd_sample)
 
-    p = sub.add_parser("interpolate", help="multiply a video's frame rate")
+    p = sub.add_parser("interpolate", help="raise a video's frame rate (any factor or fps)")
     p.add_argument("input")
     _output_flag(p)
-    p.add_argument("--factor", type=int, default=2, choices=[2, 4, 8])
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--factor", type=parse_factor, default=None, metavar="F",
+                      help="output rate = input rate x F, any F above 1: 2, 3, 2.5 (default 2; "
+                           "2, 4 and 8 run an x2 model's windows, others pair by pair)")
+    rate.add_argument("--fps", type=parse_fps, default=None, metavar="R",
+                      help="output rate R instead of a factor: 60, 59.94 or 60000/1001")
+    p.add_argument("--dedup", action="store_true",
+                   help="find repeated frames (animation on twos, 24 fps padded to 30) and "
+                        "interpolate over them at the unique frames' times")
     _window_flags(p)
     p.add_argument("--no-scene-cuts", action="store_true",
                    help="interpolate across detected scene cuts too")

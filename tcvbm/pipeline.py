@@ -2,13 +2,16 @@
 
 A trained model sees clips of a fixed frame count ``N`` (and was trained at a fixed size);
 real videos are longer and larger. The commands here read a stream of frames
-(:mod:`tcvbm.data.streams`: constant rate, damaged frames repaired), cut it into windows and
-tiles (:mod:`tcvbm.windows`), build each window's source with the task's own ``prepare`` (the
+(:mod:`tcvbm.data.streams`: damaged frames repaired), cut it into windows and tiles
+(:mod:`tcvbm.windows`), build each window's source with the task's own ``prepare`` (the
 function used in training), run the sampler, and write the blended result with the input's
-audio. Frames stream from the reader to the writer: memory is bounded by one batch of
-windows, never by the length of the video. Decoding, the model and encoding run in three
-threads (:func:`tcvbm.data.streams.prefetched`), a few frames apart, so the codecs' time
-hides behind the model's.
+audio. Interpolation to any other rate (``fps=``, a factor such as 2.5 or 3, ``dedup=``)
+goes pair by pair instead (:mod:`tcvbm.retime`): the same model, sampler and tiles make the
+frames at their exact times between two inputs. Frames stream from the reader to the
+writer: memory is bounded by one batch of windows, never by the length of the video.
+Decoding, the model and encoding run in three threads
+(:func:`tcvbm.data.streams.prefetched`), a few frames apart, so the codecs' time hides
+behind the model's.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,12 +37,14 @@ from tcvbm.data.streams import (
     prefetched,
     read_image,
     read_repaired,
+    variable_rate,
     with_progress,
     write_counted,
 )
 from tcvbm.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from tcvbm.data.visual import from_uint8, to_uint8
 from tcvbm.data.writer import DEFAULT_CRF
+from tcvbm.retime import DuplicateDetector, PairFn, RetimePlan, Retimer, output_rate
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.windows import (
     DEFAULT_MULTIPLE,
@@ -45,17 +52,19 @@ from tcvbm.windows import (
     DEFAULT_TILE_OVERLAP,
     TemporalBlender,
     WindowFn,
+    power_count,
     restore_stream,
     stage_count,
     tiled,
 )
 
 if TYPE_CHECKING:
+    from tcvbm.data.video import VideoReader
     from tcvbm.runs import InferenceBundle
 
 __all__ = [
-    "model_window_fn", "window_inputs", "build_window_fn", "resolve_bundle", "model_label",
-    "RunSummary", "interpolate", "image_to_video", "upscale", "sample_files",
+    "model_window_fn", "window_inputs", "build_window_fn", "build_pair_fn", "resolve_bundle",
+    "model_label", "RunSummary", "interpolate", "image_to_video", "upscale", "sample_files",
 ]
 
 
@@ -69,6 +78,13 @@ def model_window_fn(bundle, steps: int | None = None, sampler: str | None = None
 
     ``steps``/``sampler`` default to the bundle's own (the values it was trained or
     distilled for). Sampling is seeded so the same input gives the same output.
+
+    The function's optional ``times`` (interpolation only) places the clip's frames at any
+    positions between the observation's keyframes, in keyframe units
+    (:meth:`tcvbm.tasks.FrameInterpolation.prepare_at`), with the bridge on those frames'
+    times (:meth:`~tcvbm.tasks.FrameInterpolation.bridge_times`); without it, the bundle's
+    training layout of ``num_frames`` frames and its own bridge. Windows and pairs
+    (:func:`build_pair_fn`) are one sampler.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
@@ -81,12 +97,18 @@ def model_window_fn(bundle, steps: int | None = None, sampler: str | None = None
     timesteps = samplers.get_timesteps(steps, device=dev)
     generator = torch.Generator(dev).manual_seed(seed)
 
-    def fn(obs: Tensor) -> Tensor:
+    def fn(obs: Tensor, times: Sequence[float] | None = None) -> Tensor:
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
                                                     enabled=precision == "bf16"):
-            x1, context = bundle.task.prepare(obs.to(dev), bundle.num_frames)
+            if times is None:
+                x1, context = bundle.task.prepare(obs.to(dev), bundle.num_frames)
+                bridge = bundle.bridge
+            else:
+                x1, context = bundle.task.prepare_at(obs.to(dev), times)
+                bridge = bundle.bridge.with_num_frames(len(times)).with_times(
+                    bundle.task.bridge_times(times))
             x0 = sample(bundle.model_fn(x1, generator=generator, context=context), x1,
-                        bundle.bridge, timesteps, generator=generator)
+                        bridge, timesteps, generator=generator)
         return x0.float().clamp(-1, 1).cpu()
 
     return fn
@@ -120,15 +142,42 @@ def model_label(model) -> str:
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
+def _tiling(bundle, scale: int, tile: int | None, batch: int) -> Callable[[WindowFn], WindowFn]:
+    """Wraps a window function in tiles of at most ``tile`` px (default 512), padded to the
+    model's size multiple, ``batch`` tiles per call."""
+    multiple = int(getattr(bundle.model, "multiple", DEFAULT_MULTIPLE))
+    tile = tile or DEFAULT_TILE
+    return partial(tiled, tile=tile, overlap=min(DEFAULT_TILE_OVERLAP, tile // 4),
+                   multiple=multiple, scale=scale, max_batch=batch)
+
+
 def build_window_fn(bundle, scale: int, steps: int | None, sampler: str | None, device: str,
                     precision: str, tile: int | None, batch: int, seed: int,
                     compile: bool) -> WindowFn:
     """The bundle's sampler wrapped in tiles, padded to the model's size multiple."""
     fn = model_window_fn(bundle, steps, sampler, device, precision, seed, compile)
-    multiple = int(getattr(bundle.model, "multiple", DEFAULT_MULTIPLE))
-    tile = tile or DEFAULT_TILE
-    return tiled(fn, tile=tile, overlap=min(DEFAULT_TILE_OVERLAP, tile // 4),
-                 multiple=multiple, scale=scale, max_batch=batch)
+    return _tiling(bundle, scale, tile, batch)(fn)
+
+
+def build_pair_fn(bundle, steps: int | None = None, sampler: str | None = None,
+                  device: str = "cpu", precision: str = "fp32", tile: int | None = None,
+                  batch: int = 1, seed: int = 0, compile: bool = False) -> PairFn:
+    """A :class:`tcvbm.retime.Retimer`'s ``pair_fn`` from an interpolation bundle.
+
+    For two inputs and the times ``taus`` in (0, 1) between them, the model samples a clip
+    of the pair's two keyframes with frames at ``[0, *taus, 1]`` (keyframe units: each
+    frame's context carries its ``1 - tau``, the bridge correlates them by their real
+    gaps), through the tiles and the sampler of :func:`build_window_fn`; the in-between
+    frames come back, (len(taus), C, H, W).
+    """
+    fn = model_window_fn(bundle, steps, sampler, device, precision, seed, compile)
+    tiles = _tiling(bundle, 1, tile, batch)
+
+    def pair(left: Tensor, right: Tensor, taus: list[float]) -> Tensor:
+        clip = tiles(partial(fn, times=[0.0, *taus, 1.0]))(torch.stack([left, right], 1)[None])
+        return clip[0, :, 1:-1].transpose(0, 1)
+
+    return pair
 
 
 @dataclass
@@ -145,10 +194,12 @@ class RunSummary:
     sampler: str
     warnings: int = 0
     scene_cuts: int = 0
+    duplicates: int | None = None   # repeated input frames found (None: not looked for)
 
     def __str__(self) -> str:
         rate = self.frames_out / max(self.seconds, 1e-9)
         tail = f", {self.scene_cuts} scene cut(s)" if self.scene_cuts else ""
+        tail += f", {self.duplicates} duplicate frame(s)" if self.duplicates is not None else ""
         tail += f", {self.warnings} warning(s)" if self.warnings else ""
         return (f"{self.input} -> {self.output}: {self.frames_in} frames in, {self.frames_out} "
                 f"frames out in {self.seconds:.1f} s ({rate:.1f} frames/s), model {self.model}, "
@@ -157,18 +208,40 @@ class RunSummary:
 
 def _summary(input, output, frames_in: int, frames_out: int, started: float, model, bundle,
              steps: int | None, sampler: str | None, warnings: int, progress: bool,
-             scene_cuts: int = 0) -> RunSummary:
+             scene_cuts: int = 0, duplicates: int | None = None) -> RunSummary:
     """The closing line of a command (printed when the command shows progress)."""
     summary = RunSummary(str(input), str(output), frames_in, frames_out,
                          time.perf_counter() - started, model_label(model),
                          int(steps or bundle.steps or 1), sampler or bundle.sampler, warnings,
-                         scene_cuts)
+                         scene_cuts, duplicates)
     if progress:
         print(summary, file=sys.stderr)
     return summary
 
 
 # -------------------------------------------------------------------------- the commands
+
+@dataclass(frozen=True)
+class _Sampling:
+    """How a command runs its model (the inference flags a window or pair function takes)."""
+
+    steps: int | None
+    sampler: str | None
+    device: str
+    precision: str
+    tile: int | None
+    batch: int
+    seed: int
+    compile: bool
+
+    def window_fn(self, bundle: InferenceBundle, scale: int) -> WindowFn:
+        return build_window_fn(bundle, scale, self.steps, self.sampler, self.device,
+                               self.precision, self.tile, self.batch, self.seed, self.compile)
+
+    def pair_fn(self, bundle: InferenceBundle) -> PairFn:
+        return build_pair_fn(bundle, self.steps, self.sampler, self.device, self.precision,
+                             self.tile, self.batch, self.seed, self.compile)
+
 
 @dataclass(frozen=True)
 class _PassPlan:
@@ -181,72 +254,142 @@ class _PassPlan:
     count: int
 
 
-def _restore_video(input, output, model, task: str, kind: str,
-                   plan: Callable[[InferenceBundle], _PassPlan], *, steps: int | None,
-                   sampler: str | None, device: str, precision: str, overlap: int | None,
-                   tile: int | None, batch: int, scene_cuts: bool, scene_threshold: float,
-                   seed: int, compile: bool, progress: bool, progress_label: str,
-                   codec: str | None, crf: int, lossless: bool) -> RunSummary:
-    """The one body of the video-to-video commands; ``plan(bundle)`` is what tells them apart.
+@dataclass
+class _Streamed:
+    """What a command makes of its input: the output frames (lazy) and what they count.
+
+    ``cuts`` and ``duplicates`` count as the frames stream; read them when it is done.
+    """
+
+    frames: Iterable[Tensor]
+    frames_in: int
+    frames_out: int          # the outputs planned (the progress bar's total)
+    fps: float
+    cuts: SceneCutDetector
+    duplicates: DuplicateDetector | None = None
+
+
+_Body = Callable[["InferenceBundle", "VideoReader", RepairCounter], _Streamed]
+
+
+def _window_passes(plan: Callable[[InferenceBundle], _PassPlan], sampling: _Sampling,
+                   overlap: int | None, cuts: SceneCutDetector) -> _Body:
+    """Windows of the model's own layout, ``plan(bundle)``'s passes over the stream.
+
+    Variable-rate input is resampled by timestamp to a constant rate first
+    (:func:`tcvbm.data.streams.constant_rate_indices`). Each pass has its own cut detector;
+    the first pass's cuts (``cuts``) are the input's, later passes see them again in the
+    frames the first one made.
+    """
+    def body(bundle: InferenceBundle, reader: VideoReader, warn: RepairCounter) -> _Streamed:
+        passes = plan(bundle)
+        keep = overlap
+        if keep is None:   # kept keyframes join interpolating windows exactly: share one
+            keep = 1 if passes.factor > 1 else passes.inputs // 2
+        fn = sampling.window_fn(bundle, passes.scale)
+        indices, fps = constant_rate_indices(reader, warn)
+        gain = passes.factor ** passes.count
+        stream: Iterable[Tensor] = prefetched(read_repaired(reader, indices, warn))
+        for detector in [cuts, *(replace(cuts) for _ in range(passes.count - 1))]:
+            blender = TemporalBlender(fn, passes.inputs, keep, passes.factor,
+                                      keep_inputs=passes.factor > 1, batch=sampling.batch)
+            stream = restore_stream(stream, blender, detector)
+        return _Streamed(stream, len(indices), len(indices) * gain, fps * gain, cuts)
+
+    return body
+
+
+def _retimed(rate: Callable[[float], float], sampling: _Sampling, dedup: bool,
+             cuts: SceneCutDetector) -> _Body:
+    """Outputs at the exact times of ``rate(input fps)``, made pair by pair
+    (:class:`tcvbm.retime.Retimer`), over the input's duration.
+
+    Constant-rate input is planned at its exact times ``i / fps``; variable-rate input at
+    its timestamps (every frame once, where it was shown), its output rate taken from its
+    typical interval (:func:`tcvbm.data.streams.variable_rate`). ``dedup``: repeated
+    frames are found (:class:`tcvbm.retime.DuplicateDetector`) and interpolated over.
+    """
+    def body(bundle: InferenceBundle, reader: VideoReader, warn: RepairCounter) -> _Streamed:
+        pair_fn = sampling.pair_fn(bundle)
+        typical = variable_rate(reader)
+        if typical is None:
+            fps_out = rate(reader.fps)
+            plan = RetimePlan.constant(len(reader), reader.fps, fps_out)
+        else:   # a damaged stream may step back: its times never do
+            fps_out = rate(typical)
+            times = np.maximum.accumulate(np.asarray(reader.timestamps, dtype=np.float64))
+            plan = RetimePlan.for_input(times.tolist(), typical, fps_out)
+        duplicates = DuplicateDetector() if dedup else None
+        frames = prefetched(read_repaired(reader, range(len(reader)), warn))
+        stream = restore_stream(frames, Retimer(pair_fn, plan, duplicates), cuts)
+        return _Streamed(stream, len(reader), plan.count, fps_out, cuts, duplicates)
+
+    return body
+
+
+def _restore_video(input, output, model, task: str, kind: str, body: _Body, *,
+                   steps: int | None, sampler: str | None, progress: bool,
+                   progress_label: str, codec: str | None, crf: int,
+                   lossless: bool) -> RunSummary:
+    """The one body of the video-to-video commands; ``body`` is what tells them apart.
 
     Checks ``output`` and opens ``input`` before loading the model, so a bad name or file
-    fails fast; checks the model is a ``task`` model; runs ``plan``'s passes over the
-    stream, shot by shot (cuts found by a detector at ``scene_threshold``); writes
-    ``output``, a video at the new rate with the input's audio (``codec``, ``crf``,
-    ``lossless``: the writer's) or PNG frames. With a frame-rate factor the input frames
-    are kept exactly (they are the keyframes), so a lossless output gives them back bit
-    for bit.
+    fails fast; checks the model is a ``task`` model; streams ``body(bundle, reader,
+    warn)``'s frames (windows, or pairs at any rate) into ``output``, a video at the new
+    rate with the input's audio (``codec``, ``crf``, ``lossless``: the writer's) or PNG
+    frames. With a frame-rate factor the input frames are kept exactly where an output
+    falls on them (they are the keyframes), so a lossless output gives them back bit for
+    bit.
     """
     started = time.perf_counter()
     warn = RepairCounter()
     resolve_output(output, codec, crf, lossless)   # before reading: refused names lose nothing
-    cut_detector = SceneCutDetector.scaled(scene_threshold, enabled=scene_cuts)
     with open_video(input) as reader:
         resolve_output(output, codec, crf, lossless, reader.colour)   # at the input's depth
         bundle = resolve_bundle(model)
         if bundle.task.name != task:
             raise ValueError(f"model: {model_label(model)} is a {bundle.task.name!r} model, "
                              f"not a {kind} model")
-        passes = plan(bundle)
-        if overlap is None:   # kept keyframes join interpolating windows exactly: share one
-            overlap = 1 if passes.factor > 1 else passes.inputs // 2
-        fn = build_window_fn(bundle, passes.scale, steps, sampler, device, precision, tile,
-                             batch, seed, compile)
-        indices, fps = constant_rate_indices(reader, warn)
-        rate_gain = passes.factor ** passes.count
-        if len(indices) == 1 and rate_gain > 1:
-            warn(f"input: {input} has a single frame; it is repeated {rate_gain} times")
-        stream: Iterable[Tensor] = prefetched(read_repaired(reader, indices, warn))
-        # one detector per pass; the first pass's cuts are the input's (later passes see them
-        # again in the frames the first one made)
-        detectors = [replace(cut_detector) for _ in range(passes.count)]
-        for detector in detectors:
-            blender = TemporalBlender(fn, passes.inputs, overlap, passes.factor,
-                                      keep_inputs=passes.factor > 1, batch=batch)
-            stream = restore_stream(stream, blender, detector)
+        run = body(bundle, reader, warn)
+        if run.frames_in == 1 and run.frames_out > 1:
+            warn(f"input: {input} has a single frame; it is repeated {run.frames_out} times")
+        stream = run.frames
         if progress:
-            stream = with_progress(stream, len(indices) * rate_gain, progress_label)
-        frames_out = write_counted(prefetched(stream), output, fps * rate_gain,
-                                   audio_from=input, codec=codec, crf=crf, lossless=lossless,
+            stream = with_progress(stream, run.frames_out, progress_label)
+        frames_out = write_counted(prefetched(stream), output, run.fps, audio_from=input,
+                                   codec=codec, crf=crf, lossless=lossless,
                                    colour=reader.colour)
-    return _summary(input, output, len(indices), frames_out, started, model, bundle, steps,
-                    sampler, warn.count, progress, detectors[0].cuts)
+    duplicates = run.duplicates.duplicates if run.duplicates is not None else None
+    return _summary(input, output, run.frames_in, frames_out, started, model, bundle, steps,
+                    sampler, warn.count, progress, run.cuts.cuts, duplicates)
 
 
-def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int = 2,
-                model="default-interp", steps: int | None = None, sampler: str | None = None,
-                device: str = "cpu", precision: str = "fp32", *, overlap: int | None = None,
+def interpolate(input: str | os.PathLike, output: str | os.PathLike,
+                factor: float | None = None, model="default-interp", steps: int | None = None,
+                sampler: str | None = None, device: str = "cpu", precision: str = "fp32", *,
+                fps: float | None = None, dedup: bool = False, overlap: int | None = None,
                 tile: int | None = None, batch: int = 1, scene_cuts: bool = True,
                 scene_threshold: float = 1.0, seed: int = 0, compile: bool = False,
                 progress: bool = True, codec: str | None = None, crf: int = DEFAULT_CRF,
                 lossless: bool = False) -> RunSummary:
-    """Multiply the frame rate of ``input`` by ``factor``; writes ``output`` atomically.
+    """Raise the frame rate of ``input`` by ``factor`` (default 2) or to ``fps``; writes
+    ``output`` atomically.
 
-    Same duration, fps x ``factor``, audio copied, input frames kept exactly, shots never
-    blended across cuts. A model trained for x2 reaches x4/x8 by repeated passes.
-    ``overlap`` counts input frames shared by neighbouring windows (default: one, the
-    keyframe where they meet; it is kept exactly, so windows join without blending and
-    every in-between frame costs one model call; more overlap averages windows).
+    Same duration (within one output frame), audio copied, input frames kept exactly
+    wherever an output falls on one, shots never blended across cuts. ``factor``: any
+    number above 1 (2, 3, 2.5); ``fps``: any output rate (60, 60000/1001 as
+    ``60000 / 1001``), instead of ``factor``. A factor that is a power of the model's own
+    (x2, x4, x8 with an x2 model) runs windows of the model's layout, x4/x8 by repeated
+    passes; any other rate, and ``dedup``, runs pair by pair at the outputs' exact times
+    (:mod:`tcvbm.retime`), variable-rate input at its own timestamps. ``dedup=True``
+    finds repeated frames (animation on twos, 24 fps padded to 30; within 0.5 8-bit levels
+    on average and 8 in every 16x16 block of the last unique frame) and interpolates over
+    them at the times the unique frames first appear, so motion does not stall; the
+    summary counts them.
+    ``overlap`` (windows only) counts input frames shared by neighbouring windows (default:
+    one, the keyframe where they meet; it is kept exactly, so windows join without
+    blending and every in-between frame costs one model call; more overlap averages
+    windows).
     ``scene_threshold`` scales both thresholds of the cut detector
     (:meth:`tcvbm.scenes.SceneCutDetector.scaled`: below 1 finds more cuts, above 1 fewer);
     ``scene_cuts=False`` turns it off.
@@ -255,19 +398,28 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike, factor: int
     (default), h265 or ffv1 (videos only); ``crf``: x264/x265 quality (0-51, lower is
     better); ``lossless``: RGB-exact output instead (``crf`` then does not apply).
     """
-    if factor not in (2, 4, 8):
-        raise ValueError(f"factor: expected 2, 4 or 8, got {factor!r}")
+    if factor is None and fps is None:
+        factor = 2
+    rate = partial(output_rate, factor=factor, fps=fps)
+    rate(1.0)   # the rate's checks (one of factor/fps, factor > 1, fps > 0) before any work
+    sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile)
+    cuts = SceneCutDetector.scaled(scene_threshold, enabled=scene_cuts)
 
-    def plan(bundle: InferenceBundle) -> _PassPlan:
+    def body(bundle: InferenceBundle, reader: VideoReader, warn: RepairCounter) -> _Streamed:
         keyframes, model_factor = window_inputs(bundle)
-        return _PassPlan(keyframes, model_factor, 1, stage_count(factor, model_factor))
+        passes = None if fps is not None or dedup else power_count(factor, model_factor)
+        if passes is not None:
+            plan = _PassPlan(keyframes, model_factor, 1, passes)
+            return _window_passes(lambda _: plan, sampling, overlap, cuts)(bundle, reader, warn)
+        if overlap is not None:
+            raise ValueError(f"overlap: shares input frames between windows of x{model_factor} "
+                             f"passes; fps, dedup and other factors interpolate pair by pair")
+        return _retimed(rate, sampling, dedup, cuts)(bundle, reader, warn)
 
-    return _restore_video(input, output, model, "interp", "frame-interpolation", plan,
-                          steps=steps, sampler=sampler, device=device, precision=precision,
-                          overlap=overlap, tile=tile, batch=batch, scene_cuts=scene_cuts,
-                          scene_threshold=scene_threshold, seed=seed, compile=compile,
-                          progress=progress, progress_label="interpolate", codec=codec,
-                          crf=crf, lossless=lossless)
+    return _restore_video(input, output, model, "interp", "frame-interpolation", body,
+                          steps=steps, sampler=sampler, progress=progress,
+                          progress_label="interpolate", codec=codec, crf=crf,
+                          lossless=lossless)
 
 
 def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | None = None,
@@ -289,10 +441,10 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
         stages = stage_count(scale or model_scale, model_scale, "scale")
         return _PassPlan(window_inputs(bundle)[0], 1, model_scale, stages)
 
-    return _restore_video(input, output, model, "vsr", "super-resolution", plan,
-                          steps=steps, sampler=sampler, device=device, precision=precision,
-                          overlap=overlap, tile=tile, batch=batch, scene_cuts=True,
-                          scene_threshold=1.0, seed=seed, compile=compile, progress=progress,
+    sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile)
+    body = _window_passes(plan, sampling, overlap, SceneCutDetector())
+    return _restore_video(input, output, model, "vsr", "super-resolution", body,
+                          steps=steps, sampler=sampler, progress=progress,
                           progress_label="upscale", codec=codec, crf=crf, lossless=lossless)
 
 

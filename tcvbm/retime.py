@@ -6,11 +6,12 @@ Doubling the frame rate puts every output at an input or halfway between two; an
 for as many outputs as keep the input's duration. An output within :data:`KEY_TOLERANCE` of
 an input is that input, bit for bit; any other is the point ``tau`` of the way from the input
 before it to the input after it, which a ``pair_fn`` makes. :class:`Retimer` streams a plan
-shot by shot with the interface of :class:`tcvbm.windows.TemporalBlender`, so
-:func:`tcvbm.windows.restore_stream` drives it. :class:`DuplicateDetector` finds repeated
-frames (animation on twos, 24 fps padded to 30, encoder duplicates); the retimer then
-interpolates between the unique frames at the times they first appear, so motion does not
-stall. Tensors and numbers only: no files, no models.
+shot by shot; it is a :class:`tcvbm.windows.Stage`, as the window blender is, so
+:func:`tcvbm.windows.restore_stream` drives it (uint8 frames in and out, a cut ends a
+shot). :class:`DuplicateDetector` finds repeated frames (animation on twos, 24 fps padded
+to 30, encoder duplicates); the retimer then interpolates between the unique frames at the
+times they first appear, so motion does not stall. Tensors and numbers only: no files, no
+models.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from tcvbm.scenes import SceneCutDetector
-from tcvbm.windows import restore_stream
-
 __all__ = ["PairFn", "KEY_TOLERANCE", "DUPLICATE_MEAN", "DUPLICATE_BLOCK", "output_rate",
            "input_duration", "output_count", "Slot", "RetimePlan", "Timeline", "Retimer",
-           "retime_stream", "frame_difference", "DuplicateDetector", "duplicate_mask"]
+           "frame_difference", "DuplicateDetector", "duplicate_mask"]
 
 PairFn = Callable[[Tensor, Tensor, list[float]], Tensor]
 """(left, right, taus) -> (len(taus), C, H, W): float (C, H, W) frames in [-1, 1], taus in
@@ -71,15 +69,17 @@ def output_rate(fps_in: float, *, factor: float | None = None, fps: float | None
 
 
 def input_duration(times: Sequence[float], fps_in: float) -> float:
-    """Seconds shown by frames at ``times``: the last one lasts one mean frame period.
+    """Seconds shown by frames at ``times``: the last one lasts one period of ``fps_in``.
 
-    That is ``n / fps`` for a constant rate; a single frame (or frames that all share one
-    time) lasts ``1 / fps_in`` each.
+    That is ``n / fps`` for a constant rate. For a variable rate ``fps_in`` is the typical
+    one (:func:`tcvbm.data.streams.variable_rate`): the last frame is shown for as long as
+    most frames are, not for the mean period, which a long-held frame earlier would
+    stretch. Frames that all share one time last ``1 / fps_in`` each.
     """
     if not len(times):
         raise ValueError("times: no input frames")
-    n, span = len(times), max(times) - times[0]
-    return span * n / (n - 1) if n > 1 and span > 0 else n / _positive("input fps", fps_in)
+    period, span = 1 / _positive("input fps", fps_in), max(times) - times[0]
+    return span + period if span > 0 else len(times) * period
 
 
 def output_count(duration: float, fps: float) -> int:
@@ -242,16 +242,6 @@ class Retimer:
                                  f"times of {tuple(left.shape)} frames")
             made = iter(clip.unbind(0))
         return [next(made) if s.left != s.right else frames[s.left] for s in slots]
-
-
-def retime_stream(frames: Iterable[Tensor], retimer: Retimer,
-                  detector: SceneCutDetector | None = None) -> Iterator[Tensor]:
-    """uint8 (H, W, 3) frames in, the plan's uint8 frames out; a detected cut ends a shot.
-
-    :func:`tcvbm.windows.restore_stream`'s loop (conversions, cuts, the final ``finish``)
-    drives the retimer as it drives a blender.
-    """
-    return restore_stream(frames, retimer, detector)  # a Retimer has the blender's interface
 
 
 def frame_difference(a: Tensor, b: Tensor) -> tuple[float, float]:

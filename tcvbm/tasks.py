@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +157,19 @@ class FrameInterpolation(Task):
     def lift(self, observation: Tensor, num_frames: int) -> Tensor:
         return self.prepare(observation, num_frames)[0]
 
+    def layout(self, num_frames: int) -> list[float]:
+        """The training layout's frame positions in keyframe units: frame ``i`` at ``i / f``,
+        the frames after the last keyframe at it (what :meth:`prepare` places)."""
+        last = self.num_keyframes(num_frames) - 1
+        return [min(i / self.factor, last) for i in range(num_frames)]
+
+    def bridge_times(self, times: Sequence[float]) -> list[float]:
+        """The bridge's frame times of frames at ``times`` (keyframe units): ``factor * t``,
+        the units in which the training layout's frames are 1 apart, so a model's prior
+        correlates frames at any positions as it did the frames it was trained on
+        (``bridge.with_num_frames(len(times)).with_times(...)``)."""
+        return [self.factor * float(t) for t in times]
+
     def prepare(self, observation: Tensor, num_frames: int) -> tuple[Tensor, Tensor | None]:
         _require_clip("observation", observation)
         k = observation.shape[2]
@@ -164,54 +177,88 @@ class FrameInterpolation(Task):
             raise ValueError(
                 f"observation: {k} keyframes do not fill {num_frames} frames at factor "
                 f"{self.factor} (expected {self.num_keyframes(num_frames)})")
-        pos = torch.arange(num_frames, device=observation.device)
-        left = torch.div(pos, self.factor, rounding_mode="floor")
+        return self.prepare_at(observation, self.layout(num_frames))
+
+    def prepare_at(self, observation: Tensor,
+                   times: Sequence[float]) -> tuple[Tensor, Tensor | None]:
+        """:meth:`prepare` for frames at any positions between the keyframes.
+
+        ``times``: one position per frame in keyframe units, non-decreasing, in
+        ``[0, K - 1]``: frame ``j`` lies between keyframes ``floor(t)`` and ``floor(t) + 1``
+        at ``tau = t - floor(t)`` (a whole ``t`` is that keyframe). Any output rate places
+        its frames this way; :meth:`layout` is the training layout, which :meth:`prepare`
+        passes. The context's weight channel carries each frame's ``1 - tau``.
+        """
+        _require_clip("observation", observation)
+        k = observation.shape[2]
+        t = torch.as_tensor(times, dtype=torch.float64).flatten()
+        if (not len(t) or not bool(torch.isfinite(t).all()) or bool((t.diff() < 0).any())
+                or float(t[0]) < 0 or float(t[-1]) > k - 1):
+            raise ValueError(f"times: expected non-decreasing positions in [0, {k - 1}] (the "
+                             f"keyframes of the observation), got {t.tolist()}")
+        left = t.floor().long().clamp_max(k - 1)
         right = (left + 1).clamp_max(k - 1)
-        alpha = (pos - left * self.factor).to(observation.dtype) / self.factor
-        alpha = torch.where(right == left, torch.zeros_like(alpha), alpha)
+        tau = torch.where(right == left, torch.zeros_like(t), t - left)
+        alpha = tau.to(device=observation.device, dtype=observation.dtype)
         if self.mode == "nearest":
             alpha = (alpha > 0.5).to(observation.dtype)
-        mix = alpha.view(1, 1, num_frames, 1, 1)
+        mix = alpha.view(1, 1, -1, 1, 1)
+        left, right = left.to(observation.device), right.to(observation.device)
         blended = (1 - mix) * observation[:, :, left] + mix * observation[:, :, right]
         if self.mode == "flow":
-            return self._flow(observation, blended, alpha)
+            return self._flow(observation, blended, left.cpu(), tau)
         return blended, None
 
-    def _flow(self, observation: Tensor, blended: Tensor,
+    def _flow(self, observation: Tensor, blended: Tensor, left: Tensor,
               tau: Tensor) -> tuple[Tensor, Tensor | None]:
         """The flow source, and the context (class docstring) when it is asked for.
 
-        Frames with two distinct keyframes (``tau > 0``) are flow's; the others keep
-        ``blended`` (their keyframe). Computed on the CPU, returned on ``observation``'s
-        device and in its dtype.
+        Frames with two distinct keyframes (``tau > 0``; ``left``: the earlier one's index)
+        are flow's; the others keep ``blended`` (their keyframe). The pairs whose frames sit
+        at the same ``tau``s are warped by one call (each pair's flow is computed once): the
+        training layout is one call for all pairs. Computed on the CPU, returned on
+        ``observation``'s device and in its dtype.
         """
         from tcvbm.flow import warp_candidates  # OpenCV: only for this mode
 
         b, c, k, h, w = observation.shape
         keys = (observation.detach().float().clamp(-1, 1).cpu() + 1) / 2
-        times = torch.arange(1, self.factor) / self.factor
-        pairs = warp_candidates(keys[:, :, :-1].transpose(1, 2).reshape(-1, c, h, w),
-                                keys[:, :, 1:].transpose(1, 2).reshape(-1, c, h, w),
-                                times.tolist())
+        between = tau > 0
+        per_pair: dict[int, list[int]] = {}
+        for j in between.nonzero().flatten().tolist():
+            per_pair.setdefault(int(left[j]), []).append(j)
+        groups: dict[tuple[float, ...], tuple[list[int], list[int]]] = {}   # taus: pairs, frames
+        for pair, members in per_pair.items():
+            pairs, frames = groups.setdefault(tuple(tau[members].tolist()), ([], []))
+            pairs.append(pair)
+            frames.extend(members)
 
-        def frames(x: Tensor) -> Tensor:
-            """(B (K-1), T, ch, H, W) -> (B, ch, (K-1) T, H, W): pair k, time j is frame kf + j."""
-            return x.reshape(b, (k - 1) * x.shape[1], *x.shape[2:]).transpose(1, 2)
+        def to_frames(x: Tensor, count: int) -> Tensor:
+            """(B P, T, ch, H, W) -> (B, ch, P T, H, W): pair p's frames, in time order."""
+            return x.reshape(b, count * x.shape[1], *x.shape[2:]).transpose(1, 2)
 
-        between = (tau > 0).cpu()
-        t = times.view(1, -1, 1, 1, 1)
         linear = blended.detach().float().cpu().clamp(-1, 1)
         source = linear.clone()
-        source[:, :, between] = frames((1 - t) * pairs.left + t * pairs.right) * 2 - 1
+        warped = []
+        for taus, (pairs, frames) in groups.items():
+            cand = warp_candidates(keys[:, :, pairs].transpose(1, 2).reshape(-1, c, h, w),
+                                   keys[:, :, [p + 1 for p in pairs]].transpose(1, 2)
+                                   .reshape(-1, c, h, w), list(taus))
+            t = torch.tensor(taus, dtype=torch.float32).view(1, -1, 1, 1, 1)
+            source[:, :, frames] = to_frames((1 - t) * cand.left + t * cand.right,
+                                             len(pairs)) * 2 - 1
+            warped.append((frames, len(pairs), cand))
         source = source.clamp(-1, 1)
         context = None
         if self.context:
             cand_a, cand_b = source.clone(), source.clone()
-            cand_a[:, :, between] = (frames(pairs.left) * 2 - 1).clamp(-1, 1)
-            cand_b[:, :, between] = (frames(pairs.right) * 2 - 1).clamp(-1, 1)
             flows = torch.zeros(b, 4, source.shape[2], h, w)
-            flows[:, :, between] = frames(torch.cat([pairs.left_flow, pairs.right_flow], 2))
-            prior = (1 - tau).float().cpu().view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
+            for frames, count, cand in warped:
+                cand_a[:, :, frames] = (to_frames(cand.left, count) * 2 - 1).clamp(-1, 1)
+                cand_b[:, :, frames] = (to_frames(cand.right, count) * 2 - 1).clamp(-1, 1)
+                flows[:, :, frames] = to_frames(torch.cat([cand.left_flow, cand.right_flow], 2),
+                                                count)
+            prior = (1 - tau).float().view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)
             context = torch.cat([cand_a, cand_b, prior, flows / self.FLOW_SCALE,
                                  (cand_a - cand_b).abs().mean(1, keepdim=True),
                                  linear], dim=1)

@@ -11,7 +11,7 @@ trained weights, so they are tested with fake models whose answer is known.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 from torch import Tensor
@@ -21,8 +21,9 @@ from tcvbm.data.visual import from_pixels, to_pixels
 from tcvbm.models.layers import pad_to_multiple
 from tcvbm.scenes import SceneCutDetector
 
-__all__ = ["WindowFn", "TemporalBlender", "feather", "tile_starts", "tiled", "restore_stream",
-           "stage_count", "DEFAULT_TILE", "DEFAULT_TILE_OVERLAP", "DEFAULT_MULTIPLE"]
+__all__ = ["WindowFn", "Stage", "TemporalBlender", "feather", "tile_starts", "tiled",
+           "restore_stream", "stage_count", "power_count", "DEFAULT_TILE",
+           "DEFAULT_TILE_OVERLAP", "DEFAULT_MULTIPLE"]
 
 WindowFn = Callable[[Tensor], Tensor]
 """(B, C, K, h, w) observation in [-1, 1] -> (B, C, N, h*s, w*s) restored clip."""
@@ -204,12 +205,26 @@ class TemporalBlender:
         return out
 
 
-def restore_stream(frames: Iterable[Tensor], blender: TemporalBlender,
-                   detector: SceneCutDetector | None = None) -> Iterator[Tensor]:
-    """uint8 (H, W, 3) frames in, uint8 frames out (uint16 in, uint16 out): one blender run
-    per shot.
+class Stage(Protocol):
+    """What :func:`restore_stream` drives, shot by shot: float (C, H, W) frames in, finished
+    frames out. :class:`TemporalBlender` (windows) and :class:`tcvbm.retime.Retimer` (any
+    output rate) are the two."""
 
-    A detected cut ends the shot, so no window ever mixes frames of two shots; for
+    def push(self, frame: Tensor) -> list[Tensor]:
+        """Add the next input of the current shot; returns the outputs now final."""
+        ...
+
+    def finish(self) -> list[Tensor]:
+        """End the shot (a cut, or the end of the stream); returns its last outputs."""
+        ...
+
+
+def restore_stream(frames: Iterable[Tensor], stage: Stage,
+                   detector: SceneCutDetector | None = None) -> Iterator[Tensor]:
+    """uint8 (H, W, 3) frames in, uint8 frames out (uint16 in, uint16 out): one run of
+    ``stage`` (windows, or a retimer) per shot.
+
+    A detected cut ends the shot, so no window or pair ever mixes frames of two shots; for
     interpolation that means the last frame of a shot is repeated up to the cut.
     """
     def out(batch: list[Tensor]) -> Iterator[Tensor]:
@@ -219,20 +234,27 @@ def restore_stream(frames: Iterable[Tensor], blender: TemporalBlender,
     prev, dtype = None, torch.uint8
     for frame in frames:
         if prev is not None and detector is not None and detector.is_cut(prev, frame):
-            yield from out(blender.finish())
+            yield from out(stage.finish())
         dtype = frame.dtype
-        yield from out(blender.push(from_pixels(frame.unsqueeze(0))[:, 0]))
+        yield from out(stage.push(from_pixels(frame.unsqueeze(0))[:, 0]))
         prev = frame
-    yield from out(blender.finish())
+    yield from out(stage.finish())
+
+
+def power_count(requested: float, model_factor: int) -> int | None:
+    """How many passes of a ``model_factor`` model give ``requested`` (x4 = two x2 passes);
+    None when no whole number of passes does (x3, x2.5 with an x2 model)."""
+    stages, total = 0, 1
+    while total < requested and model_factor >= 2:
+        total *= model_factor
+        stages += 1
+    return stages if total == requested and model_factor >= 2 else None
 
 
 def stage_count(requested: int, model_factor: int, what: str = "factor") -> int:
-    """How many passes of a ``model_factor`` model give ``requested`` (x4 = two x2 passes)."""
-    stages, total = 0, 1
-    while total < requested:
-        total *= model_factor
-        stages += 1
-    if total != requested or model_factor < 2:
+    """:func:`power_count`, or a ``ValueError`` naming ``what`` when there is none."""
+    stages = power_count(requested, model_factor)
+    if stages is None:
         raise ValueError(f"{what}: {requested} is not a power of the model's {what} "
                          f"{model_factor} (use a model trained for x{requested})")
     return stages

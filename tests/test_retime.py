@@ -21,7 +21,6 @@ from tcvbm.retime import (
     duplicate_mask,
     frame_difference,
     output_rate,
-    retime_stream,
 )
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.windows import TemporalBlender, restore_stream
@@ -98,7 +97,7 @@ def test_factor_two_matches_the_blender_across_a_cut():
     old = list(restore_stream(iter(frames), blender, SceneCutDetector()))
     detector = SceneCutDetector()
     retimer = Retimer(linear_pair, RetimePlan.constant(len(frames), 10, 20))
-    new = list(retime_stream(iter(frames), retimer, detector))
+    new = list(restore_stream(iter(frames), retimer, detector))
     assert detector.cuts == 1 and len(new) == len(old) == 18
     assert all(torch.equal(a, b) for a, b in zip(new, old))
 
@@ -153,8 +152,10 @@ def test_factors_blend_at_exact_times(factor, frames, copies):
 
 def test_variable_rate_follows_the_timestamps():
     times = [0.0, 0.05, 0.2, 0.25, 0.4]
-    plan = RetimePlan.for_input(times, 25, 20)   # lasts 0.4 + 0.1 (the mean period): 10 outputs
+    plan = RetimePlan.for_input(times, 10, 20)   # lasts 0.4 + one period at 10 fps: 10 outputs
     assert plan.count == 10
+    held = RetimePlan.for_input([0.0, 0.1, 0.6, 0.7], 10, 10)   # frame 1 held for 0.5 s
+    assert held.count == 8          # the last frame lasts a typical period, not the mean one
     taus = [(s.left, s.right, round(s.tau, 9)) for s in plan.slots()]
     third = round(1 / 3, 9)
     assert taus == [(0, 0, 0), (1, 1, 0), (1, 2, third), (1, 2, round(2 / 3, 9)), (2, 2, 0),
@@ -172,7 +173,7 @@ def test_no_output_mixes_two_shots():
     frames = torch.cat([shot1, shot2])
     detector = SceneCutDetector()
     plan = RetimePlan.constant(8, 10, output_rate(10, factor=2.5))   # inputs every 2.5 outputs
-    out = list(retime_stream(iter(frames), Retimer(linear_pair, plan), detector))
+    out = list(restore_stream(iter(frames), Retimer(linear_pair, plan), detector))
     assert detector.cuts == 1 and len(out) == plan.count == 20
     assert torch.equal(out[8], shot1[-1]) and torch.equal(out[9], shot1[-1])  # held to the cut
     assert torch.equal(out[10], shot2[0])

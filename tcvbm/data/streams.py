@@ -34,8 +34,9 @@ from tcvbm.data.outputs import open_output
 from tcvbm.data.video import VideoReader
 from tcvbm.data.writer import DEFAULT_CRF
 
-__all__ = ["MIN_SIZE", "RepairCounter", "open_video", "cfr_indices", "constant_rate_indices",
-           "read_repaired", "prefetched", "with_progress", "write_counted", "read_image"]
+__all__ = ["MIN_SIZE", "RepairCounter", "open_video", "cfr_indices", "variable_rate",
+           "constant_rate_indices", "read_repaired", "prefetched", "with_progress",
+           "write_counted", "read_image"]
 
 T = TypeVar("T")
 MIN_SIZE = 8                # frames smaller than this on a side carry too little to restore
@@ -94,23 +95,30 @@ def cfr_indices(timestamps: Sequence[float], fps: float) -> list[int]:
     return idx.clamp(0, len(ts) - 1).tolist()
 
 
-def constant_rate_indices(reader, warn: RepairCounter) -> tuple[list[int], float]:
-    """(indices to read, their constant rate): variable-rate input resampled by timestamp.
-
-    A constant-rate video reads every frame at its own fps. When frame intervals vary (more
-    than 1.5x between the shortest and the longest), the video is resampled to its typical
-    (median) interval, so a frame held for longer is repeated for as long as it was shown.
-    """
+def variable_rate(reader) -> float | None:
+    """The typical (median-interval) rate of a variable-frame-rate video; None when its
+    frame intervals agree within 1.5x (constant rate: read it at its own fps)."""
     timestamps = getattr(reader, "timestamps", None)
-    everything = list(range(len(reader)))
     if timestamps is None or len(timestamps) != len(reader) or len(reader) < 3:
-        return everything, reader.fps
+        return None
     steps = torch.as_tensor(timestamps, dtype=torch.float64).diff()
     steps = steps[steps > 0]
     if not len(steps) or float(steps.max()) <= 1.5 * float(steps.min()):
-        return everything, reader.fps
-    rate = 1.0 / float(steps.median())
-    indices = cfr_indices(timestamps, rate)
+        return None
+    return 1.0 / float(steps.median())
+
+
+def constant_rate_indices(reader, warn: RepairCounter) -> tuple[list[int], float]:
+    """(indices to read, their constant rate): variable-rate input resampled by timestamp.
+
+    A constant-rate video reads every frame at its own fps. When frame intervals vary
+    (:func:`variable_rate`), the video is resampled to its typical (median) interval, so a
+    frame held for longer is repeated for as long as it was shown.
+    """
+    rate = variable_rate(reader)
+    if rate is None:
+        return list(range(len(reader))), reader.fps
+    indices = cfr_indices(reader.timestamps, rate)
     warn(f"variable frame rate: resampled {len(reader)} frames to {len(indices)} at "
          f"{rate:g} fps by timestamp")
     return indices, rate
