@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -152,3 +154,91 @@ def test_speed_study_training_table_leaves_out_the_first_window(tmp_path: Path) 
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
     table = load_tool("training_table", STUDIES / "speed-cpu").table(tmp_path, [0, 2])
     assert table.splitlines()[2:] == ["| 0 | 2.50 | 15.0% | 1.50 |", "| 2 | 4.50 | 15.0% | 1.50 |"]
+
+
+def run_gpu_check(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """``bash tools/gpu_check.sh --cpu OUT`` with the test's interpreter, one thread."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", str(REPO_ROOT / "tools" / "gpu_check.sh"), "--cpu", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def steps_of(out: Path) -> list[tuple[str, str]]:
+    lines = (out / "steps.jsonl").read_text().splitlines()
+    return [(s["step"], s["status"]) for s in map(json.loads, lines)]
+
+
+STEPS = ["preflight", "models-eager", "inference", "loader"]
+
+
+def test_gpu_check_goes_on_past_failed_steps_and_says_so(tmp_path: Path) -> None:
+    done = run_gpu_check(tmp_path / "check", PYTHON="false")  # every step fails at once
+    assert done.returncode == 1
+    assert steps_of(tmp_path / "check") == [(s, "failed") for s in STEPS] + [
+        ("models-compile", "skipped")]  # a CPU run compiles nothing
+    log = (tmp_path / "check" / "gpu_check.log").read_text()
+    assert all(f"== {s}: failed after" in log for s in STEPS)
+
+
+def test_gpu_check_starts_no_step_beyond_its_budget(tmp_path: Path) -> None:
+    done = run_gpu_check(tmp_path / "check", GPU_CHECK_BUDGET_S="14")  # under one step's 15 s
+    assert done.returncode == 1
+    assert steps_of(tmp_path / "check") == [(s, "out-of-time") for s in STEPS] + [
+        ("models-compile", "skipped")]
+    summary = (tmp_path / "check" / "summary.md").read_text()
+    assert re.search(r"^\| loader \| not started: \d+ s of the budget left \| 0 \|$", summary,
+                     re.M)
+    assert done.stdout.endswith(summary)  # printed, and kept beside the step files
+
+
+def test_gpu_check_preflight_names_the_missing_modules(monkeypatch, capsys) -> None:
+    check = load_tool("gpu_check")
+    monkeypatch.setattr(check, "STEP_MODULES", ("einops", "tcvbm_no_such_module"))
+    assert check.main(["preflight"]) == 1
+    err = capsys.readouterr().err
+    assert "missing, needed by the steps: tcvbm_no_such_module (" in err and "einops" not in err
+
+
+def test_gpu_check_summary_tables_what_the_tools_wrote(tmp_path: Path, capsys) -> None:
+    """The summary of real (tiny) outputs of bench_models, the loader step and bench_inference;
+    the loader is set against training only where both read clips of one shape."""
+    check = load_tool("gpu_check")
+    load_tool("bench_models").main(["--device", "cpu", "--dtype", "bf16", "--configs", "unet-tiny",
+                                    "--sizes", "16", "--batch", "1", "--frames", "4",
+                                    "--warmup", "0", "--iters", "1", "--peak-size", "256",
+                                    "--json", str(tmp_path / "models-eager.json")])
+    check.main(["loader", "--samples", str(tmp_path / "no-clips"), "--workers", "0",
+                "--seconds", "0.2", "--entries", "2", "--clip-size", "64x48",
+                "--clip-frames", "20", "--json", str(tmp_path / "loader.json")])
+    capsys.readouterr()
+    load_tool("bench_inference").main(["--synthetic", "--teacher-steps", "1", "--student-steps",
+                                       "1", "--sizes", "48x32", "--frames", "2"])
+    printed = capsys.readouterr().out  # what the script keeps of it: its standard output
+    (tmp_path / "inference.md").write_text(printed)
+    # The same training row as if its clips had been the loader's 16 x 256 x 256.
+    report = json.loads((tmp_path / "models-eager.json").read_text())
+    (row,) = report["rows"]
+    report["rows"] = [{**row, "frames": 16, "size": 256, "compile": True}]
+    (tmp_path / "models-compile.json").write_text(json.dumps(report))
+    (tmp_path / "steps.jsonl").write_text(
+        '{"step": "models-compile", "status": "timeout", "rc": 124, "seconds": 30, '
+        '"limit_s": 30}\n')
+
+    assert check.main(["summary", str(tmp_path)]) == 0
+    summary = capsys.readouterr().out
+    assert summary == (tmp_path / "summary.md").read_text()
+    loaded = json.loads((tmp_path / "loader.json").read_text())
+    (cell,) = loaded["rows"]
+    assert loaded["entries"] == 2 and cell["workers"] == 0 and cell["clips/s"] > 0
+    assert "one 64x48 20-frame moving-texture clip" in loaded["source"]
+    clips = f"{row['clips_per_s']:.2f}"
+    assert re.search(rf"^\| unet-tiny \| no \| 1x4x16x16 \| 1\.48 \| [\d.]+ \| [\d.]+ \| {clips} "
+                     rf"\| [\d.]+ \| [\d.]+ \| - \| [\d.]+ \| - \|$", summary, re.M)
+    assert f"| 0 | {cell['clips/s']:.1f} |" in summary
+    assert f"| unet-tiny | no | {clips} | - |" in summary  # 4 x 16 x 16 clips: no ratio
+    ratio = cell["clips/s"] / row["clips_per_s"]
+    assert f"| unet-tiny | yes | {clips} | {ratio:.2f} |" in summary
+    rows = re.findall(r"^\| default-interp\S* \| 1 \| 48x32 \| [\d.]+ \|$", printed, re.M)
+    assert len(rows) == 2 and all(r in summary for r in rows)
+    assert "| models-compile | stopped at its 30 s limit | 30 |" in summary
+    assert "Not read" not in summary
