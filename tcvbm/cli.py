@@ -120,8 +120,8 @@ def _inference_kwargs(args: argparse.Namespace, output: str | None) -> dict:
     frame. Only the command line knows whether ``--crf`` was given, so it alone refuses one
     that would not apply (FFV1 and PNG frames are lossless).
     """
+    from tcvbm.data.encoding import DEFAULT_CRF, check_crf
     from tcvbm.data.outputs import resolve_output
-    from tcvbm.data.writer import DEFAULT_CRF, check_crf
 
     crf = DEFAULT_CRF if args.crf is None else check_crf(args.crf)
     frames = (output is not None

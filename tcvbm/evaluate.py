@@ -40,7 +40,7 @@ from tcvbm.eval_report import (
     per_video_table,
     plots,
 )
-from tcvbm.pipeline import model_label, model_window_fn, resolve_bundle
+from tcvbm.model_fns import model_label, model_window_fn, resolve_bundle
 from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import Task, get_task
 

@@ -1,15 +1,15 @@
-"""Any-length video in, video out: the inference commands and the glue to a trained model.
+"""Any-length video in, video out: the inference commands.
 
 A trained model sees clips of a fixed frame count ``N`` (and was trained at a fixed size);
 real videos are longer and larger. The commands here read a stream of frames
 (:mod:`tcvbm.data.streams`: damaged frames repaired), cut it into windows and tiles
-(:mod:`tcvbm.windows`), build each window's source with the task's own ``prepare`` (the
-function used in training), run the sampler, and write the blended result with the input's
-audio. Interpolation to any other rate (``fps=``, a factor such as 2.5 or 3, ``dedup=``)
-goes pair by pair instead (:mod:`tcvbm.retime`): the same model, sampler and tiles make the
-frames at their exact times between two inputs. Frames stream from the reader to the
-writer: memory is bounded by one batch of windows, never by the length of the video.
-Decoding, the model and encoding run in three threads
+(:mod:`tcvbm.windows`), run the model on each (:mod:`tcvbm.model_fns`: the window's source
+built with the task's own ``prepare``, the function used in training, then the sampler), and
+write the blended result with the input's audio. Interpolation to any other rate (``fps=``, a
+factor such as 2.5 or 3, ``dedup=``) goes pair by pair instead (:mod:`tcvbm.retime`): the same
+model, sampler and tiles make the frames at their exact times between two inputs. Frames
+stream from the reader to the writer: memory is bounded by one batch of windows, never by the
+length of the video. Decoding, the model and encoding run in three threads
 (:func:`tcvbm.data.streams.prefetched`), a few frames apart, so the codecs' time hides
 behind the model's.
 """
@@ -22,13 +22,12 @@ import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from tcvbm import samplers
+from tcvbm.data.encoding import DEFAULT_CRF
 from tcvbm.data.outputs import resolve_output
 from tcvbm.data.streams import (
     RepairCounter,
@@ -43,142 +42,25 @@ from tcvbm.data.streams import (
 )
 from tcvbm.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from tcvbm.data.visual import from_uint8, to_uint8
-from tcvbm.data.writer import DEFAULT_CRF
+from tcvbm.model_fns import (
+    build_pair_fn,
+    build_window_fn,
+    model_label,
+    resolve_bundle,
+    window_inputs,
+)
 from tcvbm.retime import DuplicateDetector, PairFn, RetimePlan, Retimer, output_rate
 from tcvbm.scenes import SceneCutDetector
-from tcvbm.windows import (
-    DEFAULT_MULTIPLE,
-    DEFAULT_TILE,
-    DEFAULT_TILE_OVERLAP,
-    TemporalBlender,
-    WindowFn,
-    power_count,
-    restore_stream,
-    stage_count,
-    tiled,
-)
+from tcvbm.windows import TemporalBlender, WindowFn, power_count, restore_stream, stage_count
 
 if TYPE_CHECKING:
     from tcvbm.data.video import VideoReader
     from tcvbm.runs import InferenceBundle
 
-__all__ = [
-    "model_window_fn", "window_inputs", "build_window_fn", "build_pair_fn", "resolve_bundle",
-    "model_label", "RunSummary", "interpolate", "image_to_video", "upscale", "sample_files",
-]
+__all__ = ["RunSummary", "interpolate", "image_to_video", "upscale", "sample_files"]
 
 
-# ------------------------------------------------------------------------ the model side
-
-def model_window_fn(bundle, steps: int | None = None, sampler: str | None = None,
-                    device: str = "cpu", precision: str = "fp32", seed: int = 0,
-                    compile: bool = False) -> WindowFn:
-    """A ``WindowFn`` that prepares observations with the bundle's task (the source and, for
-    a task that has one, the context the model reads with it) and samples the model.
-
-    ``steps``/``sampler`` default to the bundle's own (the values it was trained or
-    distilled for). Sampling is seeded so the same input gives the same output.
-
-    The function's optional ``times`` (interpolation only) places the clip's frames at any
-    positions between the observation's keyframes, in keyframe units
-    (:meth:`tcvbm.tasks.FrameInterpolation.prepare_at`), with the bridge on those frames'
-    times (:meth:`~tcvbm.tasks.FrameInterpolation.bridge_times`); without it, the bundle's
-    training layout of ``num_frames`` frames and its own bridge. Windows and pairs
-    (:func:`build_pair_fn`) are one sampler.
-    """
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
-    steps = int(steps or bundle.steps or 1)
-    sample = samplers.get_sampler(sampler or bundle.sampler or "stochastic")
-    dev = torch.device(device)
-    model = bundle.model.to(dev).eval()
-    if compile:
-        model.forward = torch.compile(model.forward)
-    timesteps = samplers.get_timesteps(steps, device=dev)
-    generator = torch.Generator(dev).manual_seed(seed)
-
-    def fn(obs: Tensor, times: Sequence[float] | None = None) -> Tensor:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
-                                                    enabled=precision == "bf16"):
-            if times is None:
-                x1, context = bundle.task.prepare(obs.to(dev), bundle.num_frames)
-                bridge = bundle.bridge
-            else:
-                x1, context = bundle.task.prepare_at(obs.to(dev), times)
-                bridge = bundle.bridge.with_num_frames(len(times)).with_times(
-                    bundle.task.bridge_times(times))
-            x0 = sample(bundle.model_fn(x1, generator=generator, context=context), x1,
-                        bridge, timesteps, generator=generator)
-        return x0.float().clamp(-1, 1).cpu()
-
-    return fn
-
-
-def window_inputs(bundle) -> tuple[int, int]:
-    """(input frames per window, frame-rate factor of one pass) for the bundle's task.
-
-    An interpolation model sees the keyframes of its clip; any other model sees as many
-    input frames as it makes, at the same rate.
-    """
-    task = bundle.task
-    if task.name == "interp":
-        keyframes = task.num_keyframes(bundle.num_frames)
-        if (keyframes - 1) * task.factor + 1 > bundle.num_frames or keyframes < 2:
-            raise ValueError(f"model: {bundle.num_frames} frames cannot hold two keyframes at "
-                             f"factor {task.factor}")
-        return keyframes, task.factor
-    return bundle.num_frames, 1
-
-
-def resolve_bundle(model):
-    """A loaded bundle from a name/path, or an ``InferenceBundle`` itself (passed through)."""
-    from tcvbm.runs import load_bundle
-
-    return model if hasattr(model, "model_fn") else load_bundle(model)
-
-
-def model_label(model) -> str:
-    """How a model is named in summaries and tables."""
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
-
-
-def _tiling(bundle, scale: int, tile: int | None, batch: int) -> Callable[[WindowFn], WindowFn]:
-    """Wraps a window function in tiles of at most ``tile`` px (default 512), padded to the
-    model's size multiple, ``batch`` tiles per call."""
-    multiple = int(getattr(bundle.model, "multiple", DEFAULT_MULTIPLE))
-    tile = tile or DEFAULT_TILE
-    return partial(tiled, tile=tile, overlap=min(DEFAULT_TILE_OVERLAP, tile // 4),
-                   multiple=multiple, scale=scale, max_batch=batch)
-
-
-def build_window_fn(bundle, scale: int, steps: int | None, sampler: str | None, device: str,
-                    precision: str, tile: int | None, batch: int, seed: int,
-                    compile: bool) -> WindowFn:
-    """The bundle's sampler wrapped in tiles, padded to the model's size multiple."""
-    fn = model_window_fn(bundle, steps, sampler, device, precision, seed, compile)
-    return _tiling(bundle, scale, tile, batch)(fn)
-
-
-def build_pair_fn(bundle, steps: int | None = None, sampler: str | None = None,
-                  device: str = "cpu", precision: str = "fp32", tile: int | None = None,
-                  batch: int = 1, seed: int = 0, compile: bool = False) -> PairFn:
-    """A :class:`tcvbm.retime.Retimer`'s ``pair_fn`` from an interpolation bundle.
-
-    For two inputs and the times ``taus`` in (0, 1) between them, the model samples a clip
-    of the pair's two keyframes with frames at ``[0, *taus, 1]`` (keyframe units: each
-    frame's context carries its ``1 - tau``, the bridge correlates them by their real
-    gaps), through the tiles and the sampler of :func:`build_window_fn`; the in-between
-    frames come back, (len(taus), C, H, W).
-    """
-    fn = model_window_fn(bundle, steps, sampler, device, precision, seed, compile)
-    tiles = _tiling(bundle, 1, tile, batch)
-
-    def pair(left: Tensor, right: Tensor, taus: list[float]) -> Tensor:
-        clip = tiles(partial(fn, times=[0.0, *taus, 1.0]))(torch.stack([left, right], 1)[None])
-        return clip[0, :, 1:-1].transpose(0, 1)
-
-    return pair
-
+# ---------------------------------------------------------------------- what a run did
 
 @dataclass
 class RunSummary:

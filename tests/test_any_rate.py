@@ -24,7 +24,8 @@ from tcvbm.cli import main
 from tcvbm.data import VideoReader
 from tcvbm.data.visual import from_uint8
 from tcvbm.data.writer import write_video
-from tcvbm.pipeline import build_pair_fn, build_window_fn, interpolate
+from tcvbm.model_fns import build_pair_fn, build_window_fn
+from tcvbm.pipeline import interpolate
 from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import get_task
 

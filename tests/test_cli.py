@@ -92,7 +92,7 @@ def test_inference_flags_reach_the_pipeline(monkeypatch, command, function, argv
     ("i2v", "image_to_video", ["in.png", "-o", "out.mkv", "--model", "m"]),
 ])
 def test_output_quality_defaults_and_lossless(monkeypatch, command, function, argv) -> None:
-    from tcvbm.data.writer import DEFAULT_CRF
+    from tcvbm.data.encoding import DEFAULT_CRF
 
     calls = _record_calls(monkeypatch, "tcvbm.pipeline", function)
     assert main([command, *argv]) == 0

@@ -27,12 +27,12 @@ from tcvbm.data import (
     VideoReader,
     VideoReadError,
     build_dataset,
+    encoding,
     from_uint8,
     index_cache,
     to_uint8,
     worker_options,
     write_video,
-    writer as writer_module,
 )
 from tcvbm.data.video import decord
 from tcvbm.data.visual import frame_grid
@@ -501,7 +501,7 @@ def test_write_streaming_odd_size_and_mpeg4_fallback(tmp_path, monkeypatch):
     r = VideoReader(path)
     assert r.size == (34, 48) and len(r) == 9  # padded to even with replicated edges
     assert psnr(r.read(range(9)).numpy()[:, :33, :47], frames) > 30
-    monkeypatch.setattr(writer_module, "_has_encoder", lambda name: name == "mpeg4")
+    monkeypatch.setattr(encoding, "_has_encoder", lambda name: name == "mpeg4")
     with pytest.warns(RuntimeWarning, match="mpeg4"):
         path = write_video(frames[:, :32, :46], tmp_path / "fallback.mp4", fps=10)
     with av.open(path) as c:

@@ -10,8 +10,8 @@ from torch import Tensor
 from tcvbm.bridges import Bridge
 from tcvbm.config import load_config
 from tcvbm.metrics import psnr
+from tcvbm.model_fns import model_window_fn
 from tcvbm.models import create
-from tcvbm.pipeline import model_window_fn
 from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import get_task
 from tcvbm.train.objectives import (

@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from tcvbm.cli import main
+from tcvbm.data.encoding import _has_encoder
 from tcvbm.data.outputs import resolve_output
 from tcvbm.data.streams import write_counted
-from tcvbm.data.writer import _has_encoder, write_video
+from tcvbm.data.writer import write_video
 from tcvbm.pipeline import interpolate, sample_files
 
 from conftest import decode_all

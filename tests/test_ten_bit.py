@@ -18,7 +18,8 @@ import torch
 
 from tcvbm.data import VideoReader, write_video
 from tcvbm.data.colour import Colour
-from tcvbm.data.writer import VideoWriter, _has_encoder, video_encoding
+from tcvbm.data.encoding import _has_encoder, video_encoding
+from tcvbm.data.writer import VideoWriter
 from tcvbm.pipeline import interpolate, upscale
 
 from test_pipeline import source_bundle

@@ -168,7 +168,7 @@ def test_training_eval_scores_like_tcvbm_eval(tmp_path: Path, make_clip) -> None
     held-out videos."""
     from tcvbm.data.visual import uint8_levels
     from tcvbm.metrics import psnr
-    from tcvbm.pipeline import model_window_fn
+    from tcvbm.model_fns import model_window_fn
     from tcvbm.train.run import train, training_eval
 
     for i in range(2):

@@ -17,7 +17,7 @@ import torch
 
 from tcvbm import metrics
 from tcvbm.cli import main
-from tcvbm.data import VideoReader, from_uint8, to_uint8, writer as writer_module
+from tcvbm.data import VideoReader, encoding, from_uint8, to_uint8
 from tcvbm.data.writer import write_video
 from tcvbm.pipeline import interpolate
 
@@ -55,8 +55,8 @@ def test_lossless_round_trip_is_bit_exact_at_odd_sizes(tmp_path: Path, content, 
 
 
 def test_lossless_without_x264_falls_back_to_ffv1(tmp_path: Path, monkeypatch) -> None:
-    real = writer_module._has_encoder
-    monkeypatch.setattr(writer_module, "_has_encoder", lambda name: name != "libx264rgb"
+    real = encoding._has_encoder
+    monkeypatch.setattr(encoding, "_has_encoder", lambda name: name != "libx264rgb"
                         and real(name))
     frames = gradient(4, 17, 33)
     path = write_video(frames, tmp_path / "out.mkv", fps=10, lossless=True)

@@ -53,8 +53,9 @@ from tcvbm.bridges import Bridge
 from tcvbm.cli import parse_size
 from tcvbm.data import VideoReader, write_video
 from tcvbm.data.writer import fps_fraction
+from tcvbm.model_fns import build_window_fn, window_inputs
 from tcvbm.models import create
-from tcvbm.pipeline import build_window_fn, interpolate, window_inputs
+from tcvbm.pipeline import interpolate
 from tcvbm.runs import BUNDLE_FILE, SHIPPED, WEIGHTS_DIR, InferenceBundle, load_bundle
 from tcvbm.tasks import get_task
 from tcvbm.windows import TemporalBlender

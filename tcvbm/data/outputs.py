@@ -32,17 +32,9 @@ import numpy as np
 
 from tcvbm.atomic import AtomicPath
 from tcvbm.data.colour import Colour
+from tcvbm.data.encoding import CONTAINERS, DEFAULT_CRF, Encoding, video_encoding
 from tcvbm.data.errors import VideoReadError
-from tcvbm.data.writer import (
-    CONTAINERS,
-    DEFAULT_CRF,
-    Encoding,
-    FrameBatch,
-    FrameWriter,
-    VideoWriter,
-    as_frames,
-    video_encoding,
-)
+from tcvbm.data.writer import FrameBatch, FrameWriter, VideoWriter, as_frames
 
 __all__ = ["SEQUENCE_NAME", "OutputTarget", "resolve_output", "ImageSequenceWriter",
            "open_output"]
@@ -104,7 +96,7 @@ def resolve_output(output: str | os.PathLike, codec: str | None = None,
     """Check ``output`` as a target and say what it is; a ``ValueError`` when it cannot be.
 
     A video takes ``codec`` (default h264), ``crf`` and ``lossless``, checked against its
-    container (:func:`tcvbm.data.writer.video_encoding`) for frames of ``colour``'s depth (the
+    container (:func:`tcvbm.data.encoding.video_encoding`) for frames of ``colour``'s depth (the
     input's; 8 bits by default). An image sequence takes no codec (``crf`` and ``lossless``
     do not apply: PNG is lossless), and its folder must not hold files the pattern would
     write.

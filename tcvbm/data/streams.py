@@ -29,10 +29,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tcvbm.data.colour import Colour
+from tcvbm.data.encoding import DEFAULT_CRF
 from tcvbm.data.errors import VideoReadError
 from tcvbm.data.outputs import open_output
 from tcvbm.data.video import VideoReader
-from tcvbm.data.writer import DEFAULT_CRF
 
 __all__ = ["MIN_SIZE", "RepairCounter", "open_video", "cfr_indices", "variable_rate",
            "constant_rate_indices", "read_repaired", "prefetched", "with_progress",
