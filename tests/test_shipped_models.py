@@ -48,9 +48,6 @@ def _model_and_source_psnr(bundle, clip, out_dir) -> tuple[float, float]:
     return psnr[result["methods"][0]["method"]], psnr["source"]
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped default-interp is below its flow source "
-                   "on carphone (34.05 against 34.12 dB, docs/models.md); the next default "
-                   "ships only once it passes")
 def test_the_default_model_beats_its_own_source_on_a_clip_it_never_saw(sample_clips,
                                                                         tmp_path) -> None:
     """carphone is in no training set of the shipped model (docs/models.md): at its own
