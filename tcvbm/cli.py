@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     _output_flag(p)
     p.add_argument("--scale", type=int, default=None, choices=[2, 4])
     _window_flags(p)
-    _inference_flags(p, None)
+    _inference_flags(p, "default-vsr")
     p.set_defaults(fn=_cmd_upscale)
 
     p = sub.add_parser("eval", help="score a model and the baselines on held-out clips")
@@ -298,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true")
     p.add_argument("-o", "--output", default="outputs/eval")
     _sampling_flags(p)
-    p.add_argument("--factor", type=int, default=None)
+    p.add_argument("--factor", type=int, default=None,
+                   help="interpolation: keep every F-th frame and score the frames between "
+                        "(default: the model's own, 2); a model at another factor makes them "
+                        "pair by pair at their times, as interpolate does at --factor 3")
     p.add_argument("--scale", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--size", type=parse_eval_size, default=None,

@@ -18,7 +18,8 @@ import itertools
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,7 +41,7 @@ from tcvbm.eval_report import (
     per_video_table,
     plots,
 )
-from tcvbm.model_fns import model_label, model_window_fn, resolve_bundle
+from tcvbm.model_fns import model_label, model_window_fn, resolve_bundle, tiling
 from tcvbm.runs import InferenceBundle
 from tcvbm.tasks import Task, get_task
 
@@ -318,10 +319,25 @@ def _means(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def _tiled_when_large(bundle, task: Task,
+                      fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` on frames of at most :data:`tcvbm.windows.DEFAULT_TILE` px, and on the
+    pipeline's overlapping tiles beyond (:func:`tcvbm.model_fns.tiling`): what the commands
+    run at that size, in bounded memory (a 1080p window whole needs tens of GB)."""
+    from tcvbm.windows import DEFAULT_TILE
+
+    tiles = tiling(bundle, getattr(task, "scale", 1) if task.name == "vsr" else 1)(fn)
+    return lambda obs: tiles(obs) if max(obs.shape[-2:]) > DEFAULT_TILE else fn(obs)
+
+
 def _task(task: str, bundle, factor: int | None, scale: int | None) -> Task:
+    """The task clips are degraded with: the model's own, or for an interpolation model
+    scored at another ``factor``, the same task at that factor (:func:`_retimed`)."""
     if bundle is not None:
         if bundle.task.name != task:
             raise ValueError(f"task: the model is a {bundle.task.name!r} model, not {task!r}")
+        if task == "interp" and factor and factor != bundle.task.factor:
+            return replace(bundle.task, factor=int(factor), train_factors=())
         return bundle.task
     kwargs = {"factor": factor or 2} if task == "interp" else {"scale": scale or 4} \
         if task == "vsr" else {}
@@ -342,6 +358,11 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     ``num_frames`` (default 9) at ``size`` (default 256; ``"native"``: each video at its own
     size, what ``tcvbm interpolate`` runs on). A model comes with a ``source``
     row, the task's lift it starts from, scored like a baseline even without ``baselines``.
+    ``factor``: an interpolation model at another factor than its own (x3, x4: the frames
+    between every ``factor``-th frame, the held-out frames of a higher-rate clip) is scored
+    on windows of one pair and the frames between it, made at their times by the pair path
+    of ``tcvbm interpolate`` (``--factor 3``, ``--fps``); the baselines run on the same
+    windows.
     Returns the JSON written to ``output_dir/metrics.json`` (with ``per_video`` and
     ``mean_of_videos`` figures); ``output_dir/metrics.md`` holds the table of means over
     windows and the per-video tables, and the ``quality_vs_*.png`` plots the trade-offs.
@@ -354,7 +375,9 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
         raise ValueError("model: give a model, or baselines=True to score baselines only")
     bundle = resolve_bundle(model) if model is not None else None
     the_task = _task(task, bundle, factor, scale)
-    n = bundle.num_frames if bundle else (num_frames or 9)
+    retimed = bundle is not None and the_task != bundle.task
+    # at another factor, one pair of inputs and the frames between, as --factor runs it
+    n = the_task.factor + 1 if retimed else bundle.num_frames if bundle else (num_frames or 9)
     if size == "native":
         hw = None
     else:
@@ -367,7 +390,10 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     if bundle is not None:
         for k in (steps or [bundle.steps]):
             fn = model_window_fn(bundle, int(k), sampler, device, precision, seed)
-            methods.append(Method(f"{Path(model_label(model)).name}@{k}", fn, int(k)))
+            if retimed:
+                fn = partial(fn, times=the_task.layout(n))
+            methods.append(Method(f"{Path(model_label(model)).name}@{k}",
+                                  _tiled_when_large(bundle, the_task, fn), int(k)))
         methods.append(_source_method(the_task, n))
     if baselines:
         for name, base in BASELINES[task].items():

@@ -22,7 +22,7 @@ from tcvbm import samplers
 from tcvbm.retime import PairFn
 from tcvbm.windows import DEFAULT_MULTIPLE, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, WindowFn, tiled
 
-__all__ = ["model_window_fn", "window_inputs", "build_window_fn", "build_pair_fn",
+__all__ = ["model_window_fn", "window_inputs", "tiling", "build_window_fn", "build_pair_fn",
            "resolve_bundle", "model_label"]
 
 
@@ -98,7 +98,8 @@ def model_label(model) -> str:
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
-def _tiling(bundle, scale: int, tile: int | None, batch: int) -> Callable[[WindowFn], WindowFn]:
+def tiling(bundle, scale: int, tile: int | None = None,
+           batch: int = 1) -> Callable[[WindowFn], WindowFn]:
     """Wraps a window function in tiles of at most ``tile`` px (default 512), padded to the
     model's size multiple, ``batch`` tiles per call."""
     multiple = int(getattr(bundle.model, "multiple", DEFAULT_MULTIPLE))
@@ -112,7 +113,7 @@ def build_window_fn(bundle, scale: int, steps: int | None, sampler: str | None, 
                     compile: bool) -> WindowFn:
     """The bundle's sampler wrapped in tiles, padded to the model's size multiple."""
     fn = model_window_fn(bundle, steps, sampler, device, precision, seed, compile)
-    return _tiling(bundle, scale, tile, batch)(fn)
+    return tiling(bundle, scale, tile, batch)(fn)
 
 
 def build_pair_fn(bundle, steps: int | None = None, sampler: str | None = None,
@@ -127,7 +128,7 @@ def build_pair_fn(bundle, steps: int | None = None, sampler: str | None = None,
     frames come back, (len(taus), C, H, W).
     """
     fn = model_window_fn(bundle, steps, sampler, device, precision, seed, compile)
-    tiles = _tiling(bundle, 1, tile, batch)
+    tiles = tiling(bundle, 1, tile, batch)
 
     def pair(left: Tensor, right: Tensor, taus: list[float]) -> Tensor:
         clip = tiles(partial(fn, times=[0.0, *taus, 1.0]))(torch.stack([left, right], 1)[None])

@@ -305,18 +305,17 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike,
 
 
 def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | None = None,
-            model=None, steps: int | None = None, sampler: str | None = None,
+            model="default-vsr", steps: int | None = None, sampler: str | None = None,
             device: str = "cpu", precision: str = "fp32", *, overlap: int | None = None,
             tile: int | None = None, batch: int = 1, seed: int = 0, compile: bool = False,
             progress: bool = True, codec: str | None = None, crf: int = DEFAULT_CRF,
             lossless: bool = False) -> RunSummary:
-    """Upscale every frame of ``input`` by ``scale`` (default: the model's) with a VSR model.
+    """Upscale every frame of ``input`` by ``scale`` (default: the model's) with a VSR model,
+    by default the shipped x4 ``default-vsr`` (docs/models.md).
 
     Image super-resolution models are VSR models of one frame and run the same way.
     ``output``, ``codec``, ``crf``, ``lossless``: as for :func:`interpolate`.
     """
-    if model is None:
-        raise ValueError("model: upscaling needs a trained super-resolution model (--model)")
 
     def plan(bundle: InferenceBundle) -> _PassPlan:
         model_scale = bundle.task.scale

@@ -40,7 +40,7 @@ __all__ = ["InferenceBundle", "save_bundle", "load_bundle", "draw_model_noise", 
 BUNDLE_FILE = "tcvbm.json"
 KINDS = ("bridge", "generator")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED = ("default-interp", "default-interp-student")
+SHIPPED = ("default-interp", "default-vsr")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]

@@ -16,15 +16,15 @@ are clips with one frame and go through the same functions.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Task", "TaskSample", "FrameInterpolation", "ImageToVideo", "SuperResolution",
-           "Blur", "Noise", "TASKS", "get_task", "task_from_config"]
+__all__ = ["Task", "TaskSample", "TrainingLayout", "FrameInterpolation", "ImageToVideo",
+           "SuperResolution", "Blur", "Noise", "TASKS", "get_task", "task_from_config"]
 
 
 class TaskSample(NamedTuple):
@@ -32,6 +32,14 @@ class TaskSample(NamedTuple):
     known_frames: Tensor  # (B, 1, N, 1, 1) bool: frames of X_0 that the source carries exactly
     observation: Tensor   # what degrade() returned
     context: Tensor | None = None  # (B, Task.context_channels, N, H, W), or None
+
+
+class TrainingLayout(NamedTuple):
+    """One way a training step lays out its window (:meth:`Task.training_layouts`)."""
+
+    task: "Task"                # degrades and prepares the window
+    num_frames: int             # the window's first ``num_frames`` frames are used
+    times: list[float] | None   # the bridge's frame times (None: uniform, 0, 1, 2, ...)
 
 
 def _require_clip(name: str, x: Tensor) -> None:
@@ -74,6 +82,11 @@ class Task:
     def known_frames(self, num_frames: int) -> Tensor:
         """(N,) bool: frames the source carries exactly (none by default)."""
         return torch.zeros(num_frames, dtype=torch.bool)
+
+    def training_layouts(self, num_frames: int) -> list[TrainingLayout]:
+        """The layouts a training step draws one of: by default the task on the whole window
+        at uniform times."""
+        return [TrainingLayout(self, num_frames, None)]
 
     def __call__(self, x0: Tensor, generator: torch.Generator | None = None) -> TaskSample:
         _require_clip("x0", x0)
@@ -123,13 +136,21 @@ class FrameInterpolation(Task):
     factor: int = 2
     mode: str = "blend"
     context: bool = False
+    train_factors: tuple[int, ...] = ()
     name: ClassVar[str] = "interp"
     CONTEXT_CHANNELS: ClassVar[int] = 15
     FLOW_SCALE: ClassVar[float] = 32.0
 
     def __post_init__(self) -> None:
-        if self.factor not in (2, 4, 8):
-            raise ValueError(f"factor: expected 2, 4 or 8, got {self.factor!r}")
+        def whole(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 2
+
+        if not whole(self.factor):
+            raise ValueError(f"factor: expected an integer >= 2, got {self.factor!r}")
+        factors = self.train_factors
+        if not isinstance(factors, (list, tuple)) or not all(whole(f) for f in factors):
+            raise ValueError(f"train_factors: expected a list of integers >= 2, got {factors!r}")
+        object.__setattr__(self, "train_factors", tuple(factors))
         if self.mode not in ("blend", "nearest", "flow"):
             raise ValueError(f"mode: expected 'blend', 'nearest' or 'flow', got {self.mode!r}")
         if not isinstance(self.context, bool) or (self.context and self.mode != "flow"):
@@ -141,11 +162,38 @@ class FrameInterpolation(Task):
         return self.CONTEXT_CHANNELS if self.context else 0
 
     def to_config(self) -> dict[str, Any]:
-        """Without ``context`` when it is off: the format bundles saved before it existed."""
+        """Without ``context`` and ``train_factors`` when they are off: the format bundles
+        saved before they existed."""
         config = super().to_config()
         if not self.context:
             del config["context"]
+        if self.train_factors:
+            config["train_factors"] = list(self.train_factors)
+        else:
+            del config["train_factors"]
         return config
+
+    def training_layouts(self, num_frames: int) -> list[TrainingLayout]:
+        """One layout per factor of ``train_factors`` (the task's own factor without them).
+
+        Factor ``f`` keeps every ``f``-th frame of the window's first ``m`` frames, ``m`` the
+        most that end on a keyframe, so its in-between frames sit at ``tau = 1/f, ..., (f-1)/f``
+        (x3: 1/3 and 2/3 in a 4-frame pair window; x4: 1/4, 1/2, 3/4 in 5 frames). Each
+        frame's context carries its ``tau``, and the bridge correlates the frames at
+        :meth:`bridge_times`, in this model's units, as inference does at any rate: one model
+        learns every time between two frames, not only the middle.
+        """
+        layouts = []
+        for f in self.train_factors or (self.factor,):
+            used = (num_frames - 1) // f * f + 1
+            if used < f + 1:
+                raise ValueError(f"train_factors: factor {f} needs windows of at least {f + 1} "
+                                 f"frames, got {num_frames}")
+            variant = replace(self, factor=f, train_factors=())
+            uniform = f == self.factor and used == num_frames
+            times = None if uniform else self.bridge_times(variant.layout(used))
+            layouts.append(TrainingLayout(variant, used, times))
+        return layouts
 
     def num_keyframes(self, num_frames: int) -> int:
         return (num_frames - 1) // self.factor + 1

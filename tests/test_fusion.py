@@ -294,5 +294,5 @@ def test_the_loss_distance_is_a_checked_bridge_matching_option(tmp_path) -> None
     with pytest.raises(ValueError, match="loss.distance"):
         load_config("configs/interp-fusion.yaml", ["loss.distance=l1"])
     with pytest.raises(ValueError, match="loss.distance"):
-        distillation_objective(load_config("configs/default-interp-student.yaml",
+        distillation_objective(load_config("configs/distill-interp-v1.yaml",
                                            ["loss.distance=log-mse"]))

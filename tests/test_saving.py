@@ -90,12 +90,16 @@ def test_the_config_is_read_only_and_rebuilds_the_model() -> None:
         UNetVideo.from_config({**config, "widht": 3})
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_the_shipped_weights_load_unchanged(name: str) -> None:
-    """Every config key saved is the model's, tensors load exactly. The student was written by
-    diffusers (``_diffusers_version`` in its config) and predates ``context_channels`` and
-    ``fusion``, which take their defaults; the default-interp folder is of this format."""
-    folder = WEIGHTS_DIR / name
+LEGACY = Path(__file__).parent / "data" / "legacy-student"
+
+
+@pytest.mark.parametrize("folder", [WEIGHTS_DIR / name for name in SHIPPED] + [LEGACY],
+                         ids=[*SHIPPED, "legacy-student"])
+def test_the_shipped_weights_load_unchanged(folder: Path) -> None:
+    """Every config key saved is the model's, tensors load exactly. The legacy student (once
+    shipped) was written by diffusers (``_diffusers_version`` in its config) and predates
+    ``context_channels`` and ``fusion``, which take their defaults; the shipped folders are
+    of this format."""
     saved = json.loads((folder / CONFIG_NAME).read_text())
     model = load_pretrained(folder)
     assert type(model).__name__ == saved["_class_name"] and not model.training
@@ -106,7 +110,8 @@ def test_the_shipped_weights_load_unchanged(name: str) -> None:
         assert "fusion" not in saved
         assert model.config.context_channels == 0 and not model.config.fusion
     else:
-        assert saved["fusion"] and model.config.context_channels == saved["context_channels"]
+        assert model.config.context_channels == saved["context_channels"]
+        assert model.config.fusion == saved["fusion"]
     file = load_file(folder / WEIGHTS_NAME)
     state = model.state_dict()
     assert state.keys() == file.keys() and all(torch.equal(state[k], file[k]) for k in file)

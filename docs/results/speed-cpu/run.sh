@@ -32,7 +32,7 @@ python -u tools/bench_models.py "${models[@]}" --configs unet-small,dit-small --
 loader_workers=(0 1 2)
 for workers in "${loader_workers[@]}"; do
   rm -rf "$out/train-workers$workers"
-  tcvbm train configs/default-interp.yaml output_dir="$out/train-workers$workers" data.num_workers=$workers \
+  tcvbm train configs/interp-flow-v1.yaml output_dir="$out/train-workers$workers" data.num_workers=$workers \
       train.max_steps=40 train.log_every=10 train.checkpoint_every=1000 eval.num_clips=0 train.progress=false
 done
 python "$(dirname "$0")/training_table.py" "$out" "${loader_workers[@]}" | tee "$out/training.md"
