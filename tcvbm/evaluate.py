@@ -323,16 +323,18 @@ def _tiled_when_large(bundle, task: Task,
                       fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """``fn`` on frames of at most :data:`tcvbm.windows.DEFAULT_TILE` px, and on the
     pipeline's overlapping tiles beyond (:func:`tcvbm.model_fns.tiling`): what the commands
-    run at that size, in bounded memory (a 1080p window whole needs tens of GB)."""
+    run at that size, in bounded memory (a 1080p window whole needs tens of GB). Smaller
+    frames stay whole, unpadded, so the scores of earlier evaluations stay comparable."""
     from tcvbm.windows import DEFAULT_TILE
 
-    tiles = tiling(bundle, getattr(task, "scale", 1) if task.name == "vsr" else 1)(fn)
+    tiles = tiling(bundle, getattr(task, "scale", 1))(fn)
     return lambda obs: tiles(obs) if max(obs.shape[-2:]) > DEFAULT_TILE else fn(obs)
 
 
 def _task(task: str, bundle, factor: int | None, scale: int | None) -> Task:
     """The task clips are degraded with: the model's own, or for an interpolation model
-    scored at another ``factor``, the same task at that factor (:func:`_retimed`)."""
+    scored at another ``factor``, the same task at that factor (scored pair by pair,
+    :func:`run_eval`)."""
     if bundle is not None:
         if bundle.task.name != task:
             raise ValueError(f"task: the model is a {bundle.task.name!r} model, not {task!r}")
