@@ -209,7 +209,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
              baselines=args.baselines, output_dir=args.output, sampler=args.sampler,
              device=args.device, precision=args.precision, factor=args.factor,
              scale=args.scale, num_frames=args.frames, size=args.size,
-             clips_per_video=args.clips_per_video, seed=args.seed,
+             clips_per_video=args.clips_per_video, seed=args.seed, samples=args.samples,
              lpips_weights=args.lpips_weights, alexnet_weights=args.alexnet_weights,
              fid_weights=args.fid_weights, fvd_weights=args.fvd_weights)
     print(f"wrote {Path(args.output) / 'metrics.md'}")
@@ -308,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames scaled to cover and centre-cropped to N or WxH (default: the "
                         "model's training size); 'native' scores every video at its own size")
     p.add_argument("--clips-per-video", type=int, default=4)
+    p.add_argument("--samples", type=int, default=1,
+                   help="sample each clip this many times (seeds --seed, --seed + 1, ...) and "
+                        "report the samples' spread, a stochastic model's diversity "
+                        "(image-to-video); the other metrics score the first sample")
     p.add_argument("--lpips-weights", default=None,
                    help="local LPIPS weights (.pth): a full LPIPS AlexNet state dict, or the "
                         "linear layers alone with --alexnet-weights")

@@ -294,6 +294,17 @@ def _merge(schema: DictConfig, label: str, layer: dict) -> DictConfig:
         raise ValueError(f"{label}: invalid value for key '{key}': {first_line}") from None
 
 
+def _drop_other_prior_params(schema: DictConfig, layer: dict) -> DictConfig:
+    """A layer that switches ``bridge.prior`` starts from the new prior's defaults, plus the
+    parameters it gives: those set so far were another prior's (ar1's rho, say), which the
+    new one would refuse, and ``bridge.prior=brownian`` on any config must work."""
+    bridge = layer.get("bridge")
+    if isinstance(bridge, dict) and "prior" in bridge and bridge["prior"] != schema.bridge.prior:
+        schema = schema.copy()
+        schema.bridge.params = {}
+    return schema
+
+
 def need(ok: bool, key: str, msg: str) -> None:
     """The one form of a value error: it names the config key the value belongs to."""
     if not ok:
@@ -404,7 +415,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     file = resolve_config_path(path)
     schema = OmegaConf.structured(Config)
     for label, layer in _read_layers(file) + parse_overrides(list(overrides or [])):
-        schema = _merge(schema, label, layer)
+        schema = _merge(_drop_other_prior_params(schema, layer), label, layer)
     cfg = OmegaConf.to_object(schema)
     assert isinstance(cfg, Config)
     _check(cfg)

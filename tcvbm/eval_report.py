@@ -17,7 +17,8 @@ __all__ = ["COLUMNS", "PER_VIDEO_METRICS", "markdown_table", "per_video", "mean_
 
 COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
            ("stlpips", "ST-LPIPS", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
-           ("warp_error", "warp err", "{:.4f}"), ("warp_error_gt", "warp err (GT)", "{:.4f}"),
+           ("spread", "spread", "{:.4f}"), ("warp_error", "warp err", "{:.4f}"),
+           ("warp_error_gt", "warp err (GT)", "{:.4f}"),
            ("seconds_per_frame", "s/frame", "{:.4f}")]
 PER_VIDEO_METRICS = ("psnr", "ssim", "stlpips")  # the metrics that get a per-video table
 

@@ -53,12 +53,17 @@ Clips = list[tuple[str, Tensor]]  # (name, clip (3, N, H, W) in [-1, 1]) pairs
 
 @dataclass
 class Method:
-    """Something that restores an observation: a model at ``steps`` or a baseline."""
+    """Something that restores an observation: a model at ``steps`` or a baseline.
+
+    ``others``: the same model under other seeds; with them each clip's row also carries the
+    ``spread`` of the samples (:func:`tcvbm.metrics.sample_spread`), since one sample's
+    fidelity says nothing of whether a stochastic model makes more than one output."""
 
     name: str
     run: Callable[[Tensor], Tensor]
     steps: int | None = None
     results: list[dict] = field(default_factory=list)
+    others: Sequence[Callable[[Tensor], Tensor]] = ()
 
 
 def _source_method(task: Task, num_frames: int) -> Method:
@@ -200,6 +205,10 @@ def score_methods(methods: Sequence[Method], clips: Clips, task: Task, num_frame
             seconds = time.perf_counter() - started
             row = {"clip": name, **score_clip(pred, clip, scored, perceptual, notes, temporal),
                    "seconds_per_frame": seconds / int(scored.sum())}
+            if method.others:
+                samples = [pred] + [uint8_levels(run(obs)[0, :, :num_frames])
+                                    for run in method.others]
+                row["spread"] = float(metrics.sample_spread(torch.stack(samples)[:, None], scored))
             method.results.append(row)
             if keep_outputs:
                 outputs[method.name].append(pred)
@@ -352,8 +361,9 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
              device: str = "cpu", precision: str = "fp32", factor: int | None = None,
              scale: int | None = None, num_frames: int | None = None,
              size: int | Sequence[int] | str | None = None, clips_per_video: int = 4,
-             seed: int = 0, lpips_weights: str | None = None, alexnet_weights: str | None = None,
-             fid_weights: str | None = None, fvd_weights: str | None = None) -> dict:
+             seed: int = 0, samples: int = 1, lpips_weights: str | None = None,
+             alexnet_weights: str | None = None, fid_weights: str | None = None,
+             fvd_weights: str | None = None) -> dict:
     """Evaluate ``model`` at each of ``steps`` (and the baselines) on clips from ``data``.
 
     ``task`` is "interp", "i2v" or "vsr"; without a model only baselines run, on clips of
@@ -364,7 +374,9 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     between every ``factor``-th frame, the held-out frames of a higher-rate clip) is scored
     on windows of one pair and the frames between it, made at their times by the pair path
     of ``tcvbm interpolate`` (``--factor 3``, ``--fps``); the baselines run on the same
-    windows.
+    windows. ``samples`` > 1: the model also samples every clip with seeds ``seed + 1`` ..
+    ``seed + samples - 1`` and each row gets the ``spread`` of the samples (image-to-video's
+    diversity, beside the first sample's fidelity).
     Returns the JSON written to ``output_dir/metrics.json`` (with ``per_video`` and
     ``mean_of_videos`` figures); ``output_dir/metrics.md`` holds the table of means over
     windows and the per-video tables, and the ``quality_vs_*.png`` plots the trade-offs.
@@ -375,6 +387,8 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
         raise ValueError(f"task: expected 'interp', 'i2v' or 'vsr', got {task!r}")
     if model is None and not baselines:
         raise ValueError("model: give a model, or baselines=True to score baselines only")
+    if samples < 1:
+        raise ValueError(f"samples: expected at least 1, got {samples}")
     bundle = resolve_bundle(model) if model is not None else None
     the_task = _task(task, bundle, factor, scale)
     retimed = bundle is not None and the_task != bundle.task
@@ -391,11 +405,14 @@ def run_eval(task: str, data: str | os.PathLike, model=None,
     methods: list[Method] = []
     if bundle is not None:
         for k in (steps or [bundle.steps]):
-            fn = model_window_fn(bundle, int(k), sampler, device, precision, seed)
-            if retimed:
-                fn = partial(fn, times=the_task.layout(n))
-            methods.append(Method(f"{Path(model_label(model)).name}@{k}",
-                                  _tiled_when_large(bundle, the_task, fn), int(k)))
+            fns = []
+            for sample_seed in range(seed, seed + samples):
+                fn = model_window_fn(bundle, int(k), sampler, device, precision, sample_seed)
+                if retimed:
+                    fn = partial(fn, times=the_task.layout(n))
+                fns.append(_tiled_when_large(bundle, the_task, fn))
+            methods.append(Method(f"{Path(model_label(model)).name}@{k}", fns[0], int(k),
+                                  others=fns[1:]))
         methods.append(_source_method(the_task, n))
     if baselines:
         for name, base in BASELINES[task].items():

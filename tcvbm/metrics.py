@@ -1,12 +1,15 @@
 """Quality metrics on clips ``(B, C, N, H, W)`` in [-1, 1], one value per clip.
 
-PSNR, SSIM and MS-SSIM come from ``torchmetrics.functional`` (frame by frame, averaged over
-the frames scored). Temporal consistency is the flow-warped error between consecutive
-output frames, measured with the ground truth's own motion so that a method cannot look
-consistent by estimating lazy flow. Learned metrics only ever run with real weights: the
-shift-tolerant LPIPS network ships its trained AlexNet inside the ``stlpips-pytorch``
-wheel (loaded here without that package's code, which needs torchvision); standard LPIPS,
-FID and FVD need local weight files and report why they were skipped when those are absent.
+PSNR comes from ``torchmetrics.functional``; SSIM and MS-SSIM are torchmetrics' definitions
+(reflected borders, the same window, constants and scale weights; a test holds them to it)
+computed with a separable window, one frame at a time, which a 1080p evaluation needs.
+Every metric is frame by frame, averaged over the frames scored. Temporal consistency is the
+flow-warped error between consecutive output frames, measured with the ground truth's own
+motion so that a method cannot look consistent by estimating lazy flow. Learned metrics
+only ever run with real weights: the shift-tolerant LPIPS network ships its trained AlexNet
+inside the ``stlpips-pytorch`` wheel (loaded here without that package's code, which needs
+torchvision); standard LPIPS, FID and FVD need local weight files and report why they were
+skipped when those are absent.
 """
 
 from __future__ import annotations
@@ -20,22 +23,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from tcvbm.flow import backward_warp, dis_flow
 
-__all__ = ["psnr", "ssim", "ms_ssim", "temporal_warp_error", "MetricUnavailable",
+__all__ = ["psnr", "ssim", "ms_ssim", "sample_spread", "temporal_warp_error", "MetricUnavailable",
            "PerceptualNet", "load_stlpips", "load_lpips", "perceptual_distance",
            "load_torchscript_features", "frechet_distance", "PSNR_MAX", "MS_SSIM_MIN_SIZE"]
 
 PSNR_MAX = 100.0          # dB for identical frames: finite, so tables and JSON stay valid
 _RANGE = (-1.0, 1.0)
-MS_SSIM_MIN_SIZE = 161    # five scales of an 11-px window need > 160 px per side
-_SSIM_WINDOW = 11
+# the fifth scale (1/16) must hold the window's full positions: 11 px or more a side there
+MS_SSIM_MIN_SIZE = 176
+_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_SSIM_WINDOW, _SSIM_SIGMA = 11, 1.5
 _SSIM_MIN_SIZE = _SSIM_WINDOW // 2 + 1  # the window's half reaches past the border into the
                                         # frame's reflection, which must fit in the frame
 
@@ -77,6 +78,16 @@ def _unit(x: Tensor) -> Tensor:
     return ((x.double() + 1) / 2).clamp(0.0, 1.0)
 
 
+FramePairFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _one_frame_at_a_time(fn: FramePairFn) -> FramePairFn:
+    """``fn`` on (B*n, C, H, W) frame pairs, one pair per call: SSIM's windowed statistics of
+    a frame are a dozen float64 copies of it, a quarter of a GB at 1080p, which a whole clip's
+    frames at once multiply into tens of GB."""
+    return lambda p, t: torch.cat([fn(p[i:i + 1], t[i:i + 1]) for i in range(p.shape[0])])
+
+
 def psnr(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
     """(B,) mean per-frame PSNR in dB, at most ``PSNR_MAX`` (reached by identical frames)."""
     def fn(p: Tensor, t: Tensor) -> Tensor:
@@ -87,7 +98,7 @@ def psnr(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
 
 
 def ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
-    """(B,) mean per-frame SSIM (Gaussian 11-px window).
+    """(B,) mean per-frame SSIM (Gaussian 11-px window, sigma 1.5).
 
     Near a frame's border the window sees the frame's reflection, as torchmetrics pads it;
     frames smaller than the window are scored that way throughout, so only frames too small
@@ -97,18 +108,64 @@ def ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
         raise MetricUnavailable(f"ssim: frames of {tuple(pred.shape[-2:])} px are too small "
                                 f"for the {_SSIM_WINDOW}-px window's reflection padding "
                                 f"(at least {_SSIM_MIN_SIZE} px a side)")
-    return _score_per_frame(lambda p, t: structural_similarity_index_measure(
-        _unit(p), _unit(t), kernel_size=_SSIM_WINDOW, data_range=1.0, reduction="none"),
-        pred, target, frames)
+    return _score_per_frame(_one_frame_at_a_time(
+        lambda p, t: _ssim_maps(_unit(p), _unit(t))[0].flatten(1).mean(1)), pred, target, frames)
 
 
 def ms_ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tensor:
-    """(B,) mean per-frame MS-SSIM with the standard five scales."""
+    """(B,) mean per-frame MS-SSIM with the standard five scales and weights."""
     if min(pred.shape[-2:]) < MS_SSIM_MIN_SIZE:
         raise MetricUnavailable(f"ms_ssim: frames of {tuple(pred.shape[-2:])} px are smaller "
                                 f"than the {MS_SSIM_MIN_SIZE} px its five scales need")
-    return _score_per_frame(lambda p, t: multiscale_structural_similarity_index_measure(
-        _unit(p), _unit(t), data_range=1.0, reduction="none"), pred, target, frames)
+
+    def fn(p: Tensor, t: Tensor) -> Tensor:
+        p, t = _unit(p), _unit(t)
+        terms = []
+        for _ in _MS_SSIM_WEIGHTS:
+            sim, cs = _ssim_maps(p, t)
+            half = _SSIM_WINDOW // 2  # contrast-structure over the window's full positions
+            terms.append(cs[..., half:-half, half:-half].flatten(1).mean(1))
+            p, t = F.avg_pool2d(p, 2), F.avg_pool2d(t, 2)
+        terms[-1] = sim.flatten(1).mean(1)
+        weights = torch.tensor(_MS_SSIM_WEIGHTS, dtype=p.dtype).view(-1, 1)
+        return (torch.stack(terms) ** weights).prod(dim=0)
+    return _score_per_frame(_one_frame_at_a_time(fn), pred, target, frames)
+
+
+def _gaussian_blur(x: Tensor) -> Tensor:
+    """The SSIM window over (B, C, H, W), the frame reflected at its borders, as two 1-D
+    passes of shifted sums. Equal to torchmetrics' 2-D grouped convolution, which on a CPU
+    in float64 unfolds 121 copies of the frame (tens of GB and minutes for a 1080p frame)."""
+    half = _SSIM_WINDOW // 2
+    offsets = torch.arange(-half, half + 1, dtype=x.dtype)
+    taps = torch.exp(-((offsets / _SSIM_SIGMA) ** 2) / 2)
+    taps = (taps / taps.sum()).tolist()
+    x = F.pad(x, (half, half, half, half), mode="reflect")
+    h, w = x.shape[-2] - 2 * half, x.shape[-1] - 2 * half
+    rows = sum(tap * x[..., :, k:k + w] for k, tap in enumerate(taps))
+    return sum(tap * rows[..., k:k + h, :] for k, tap in enumerate(taps))
+
+
+def _ssim_maps(p: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pixel SSIM and its contrast-structure term of [0, 1] frames (B, C, H, W)."""
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_p, mu_t, pp, tt, pt = _gaussian_blur(torch.cat([p, t, p * p, t * t, p * t])).chunk(5)
+    var_p = (pp - mu_p ** 2).clamp(min=0.0)
+    var_t = (tt - mu_t ** 2).clamp(min=0.0)
+    upper = 2 * (pt - mu_p * mu_t) + c2
+    lower = var_p + var_t + c2
+    sim = (2 * mu_p * mu_t + c1) * upper / ((mu_p ** 2 + mu_t ** 2 + c1) * lower)
+    return sim, upper / lower
+
+
+def sample_spread(samples: Tensor, frames: Tensor | None = None) -> Tensor:
+    """(B,) diversity of ``K`` samples ``(K, B, C, N, H, W)`` of the same inputs: the
+    per-pixel standard deviation across the samples, in [0, 1] intensity units, averaged
+    over the selected frames' pixels and channels. 0 for a model that ignores its noise."""
+    if samples.dim() != 6 or samples.shape[0] < 2:
+        raise ValueError(f"samples: expected (K >= 2, B, C, N, H, W), got {tuple(samples.shape)}")
+    spread = (samples.float() / 2).std(dim=0)  # [-1, 1] values: half their std in [0, 1]
+    return _select_frames(spread, frames).mean(dim=(1, 2, 3, 4))
 
 
 def _to_numpy01(clip: Tensor) -> np.ndarray:

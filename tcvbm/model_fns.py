@@ -90,6 +90,9 @@ def resolve_bundle(model):
     """A loaded bundle from a name/path, or an ``InferenceBundle`` itself (passed through)."""
     from tcvbm.runs import load_bundle
 
+    if model is None:
+        raise ValueError("model: none given; name a shipped model (default-interp, "
+                         "default-vsr), a run directory or a saved model directory")
     return model if hasattr(model, "model_fn") else load_bundle(model)
 
 

@@ -124,3 +124,18 @@ def test_saved_config_loads_back_and_leaves_no_staging_file(tmp_path: Path) -> N
     save_config(cfg, tmp_path / "run" / "config.yaml")  # over an existing one
     assert load_config(tmp_path / "run" / "config.yaml") == cfg
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
+
+
+def test_switching_the_prior_drops_the_other_priors_parameters(tmp_path: Path) -> None:
+    """``bridge.prior=brownian`` on an ar1 config is plain BM (ar1's rho would be refused);
+    the same prior, or a prior given with its parameters, keeps or sets them."""
+    from tcvbm.train.run import build_bridge
+
+    parent = write(tmp_path / "ar1.yaml", "bridge: {prior: ar1, params: {rho: 0.5}}\n")
+    assert load_config(parent, ["bridge.prior=brownian"]).bridge.params == {}
+    build_bridge(load_config(parent, ["bridge.prior=brownian"]))
+    assert load_config(parent, ["bridge.prior=ar1"]).bridge.params == {"rho": 0.5}
+    assert load_config(parent, ["bridge.eps=0.1"]).bridge.params == {"rho": 0.5}
+    child = write(tmp_path / "child.yaml",
+                  "base: ar1.yaml\nbridge: {prior: laplacian, params: {strength: 2.0}}\n")
+    assert load_config(child).bridge.params == {"strength": 2.0}

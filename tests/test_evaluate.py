@@ -17,7 +17,7 @@ from tcvbm.metrics import PSNR_MAX, psnr
 from tcvbm.tasks import get_task
 
 from conftest import _make_clip as make_clip
-from test_pipeline import moving_frames, source_bundle
+from test_pipeline import SourceModel, moving_frames, source_bundle
 
 
 def write_lossless(path: Path, frames: torch.Tensor, fps: int = 10) -> Path:
@@ -237,3 +237,47 @@ def test_frames_larger_than_a_tile_are_scored_on_the_pipelines_tiles(tmp_path) -
     by_name = {m["method"]: m["mean"]["psnr"] for m in result["methods"]}
     assert widths and max(widths) <= DEFAULT_TILE + 32 and len(widths) >= 2
     assert by_name["InferenceBundle@1"] == pytest.approx(by_name["blend"], abs=0.02)  # 8-bit
+
+
+class StateModel(SourceModel):
+    """x0 prediction = the bridge state x_t: its output is whatever noise the sampler drew."""
+
+    def forward(self, x_t, t, cond=None, context=None, noise=None):
+        return x_t
+
+
+def test_samples_report_the_spread_of_a_stochastic_model_and_none_of_a_deterministic_one(
+        tmp_path) -> None:
+    """``samples=3``: each model row gets the spread of three seeded samples; 1 posterior-mean
+    step from the source is deterministic (spread 0), 2 stochastic steps carry the bridge
+    noise drawn at t = 1/2 (spread > 0); the fidelity metrics score the first sample."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_lossless(data / "pan.mkv", moving_frames(9))
+    bundle = source_bundle(5, task="i2v")
+    bundle.model = StateModel()
+    rows = {}
+    for sampler, steps in (("posterior-mean", 1), ("stochastic", 2)):
+        result = run_eval("i2v", data, model=bundle, steps=[steps], baselines=False,
+                          output_dir=tmp_path / sampler, sampler=sampler, clips_per_video=1,
+                          samples=3)
+        rows[sampler] = result["methods"][0]["mean"]
+        single = run_eval("i2v", data, model=bundle, steps=[steps], baselines=False,
+                          output_dir=tmp_path / f"{sampler}-1", sampler=sampler, clips_per_video=1)
+        assert "spread" not in single["methods"][0]["mean"]
+        assert single["methods"][0]["mean"]["psnr"] == rows[sampler]["psnr"]
+    assert rows["posterior-mean"]["spread"] == 0
+    assert rows["stochastic"]["spread"] > 0.01
+    assert " spread |" in (tmp_path / "stochastic/metrics.md").read_text()
+
+
+def test_sample_spread_is_the_per_pixel_standard_deviation_in_unit_intensities() -> None:
+    from tcvbm.metrics import sample_spread
+
+    a = torch.zeros(1, 3, 2, 4, 4)
+    samples = torch.stack([a - 0.5, a + 0.5])                # [-1, 1] values 1 apart
+    frames = torch.tensor([True, False])
+    assert sample_spread(samples, frames).tolist() == pytest.approx([0.5 / math.sqrt(2)])
+    assert sample_spread(torch.stack([a, a, a])).tolist() == [0.0]
+    with pytest.raises(ValueError, match="samples"):
+        sample_spread(a[None])

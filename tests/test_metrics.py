@@ -117,3 +117,23 @@ def test_frechet_distance():
     assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     shift = torch.tensor([1.0, 2.0, 0, 0, 0, 0])
     assert metrics.frechet_distance(a, a + shift) == pytest.approx(5.0, abs=1e-6)
+
+
+def test_ssim_and_ms_ssim_are_torchmetrics_definitions() -> None:
+    """The separable window and the framewise loop change the cost, not the numbers: SSIM
+    and MS-SSIM agree with torchmetrics' reference on odd-sized noisy frames."""
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure as ms_reference,
+        structural_similarity_index_measure as reference,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 2, 181, 197, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    unit = lambda clip: (clip.transpose(1, 2).flatten(0, 1).double() + 1) / 2  # noqa: E731
+    per_frame = {"ssim": reference(unit(y), unit(x), data_range=1.0, reduction="none"),
+                 "ms_ssim": ms_reference(unit(y), unit(x), data_range=1.0, reduction="none")}
+    for name, fn in (("ssim", metrics.ssim), ("ms_ssim", metrics.ms_ssim)):
+        expected = per_frame[name].view(2, 2).mean(1)
+        torch.testing.assert_close(fn(y, x), expected, atol=1e-7, rtol=0)
+        assert float(expected.max()) < 0.95

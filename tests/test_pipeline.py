@@ -457,3 +457,11 @@ def test_variable_frame_rate_is_resampled_by_timestamp(tmp_path):
         summary = interpolate(path, tmp_path / "out.mp4", model=source_bundle(), progress=False)
     frames, fps, _ = decode(tmp_path / "out.mp4")
     assert summary.frames_in == 9 and len(frames) == 18 and fps == pytest.approx(20)
+
+
+@pytest.mark.parametrize("command", ["interpolate", "upscale"])
+def test_no_model_is_a_clear_error_not_a_type_error(tmp_path: Path, command: str) -> None:
+    clip = make_video(tmp_path / "in.mp4", moving_frames(3))
+    with pytest.raises(ValueError, match="model: none given"):
+        {"interpolate": interpolate, "upscale": upscale}[command](clip, tmp_path / "out.mp4",
+                                                                  model=None)

@@ -120,3 +120,28 @@ def test_upscale_works_out_of_the_box(tmp_path, make_clip) -> None:
     summary = upscale(clip, tmp_path / "out.mp4", progress=False)
     with VideoReader(tmp_path / "out.mp4", backend="pyav") as reader:
         assert len(reader) == summary.frames_out == 5 and reader.size == (96, 128)
+
+
+def test_the_shipped_upscaler_returns_black_frames_exactly() -> None:
+    """default-vsr gates its residual by the source's detail (``flat_gate``): black frames
+    and a letterbox come back as their bicubic upscale, where the same network without the
+    gate changes them (each level off costs a frame that should be exact tens of dB);
+    textured pixels get the network's correction either way."""
+    from tcvbm.model_fns import model_window_fn
+
+    bundle = load_bundle("default-vsr")
+    assert bundle.model.config.flat_gate == 0.02
+    g = torch.Generator().manual_seed(0)
+    clip = torch.full((1, 3, 5, 64, 64), -1.0)           # three black frames, then a texture
+    clip[:, :, 3:, 32:] = torch.rand((1, 3, 2, 32, 64), generator=g) * 2 - 1  # under a black band
+    obs = bundle.task.degrade(clip)
+    source = bundle.task.lift(obs, 5)
+    gated = model_window_fn(bundle, 1, "posterior-mean")(obs)
+    bundle.model.register_to_config(flat_gate=0.0)
+    plain = model_window_fn(bundle, 1, "posterior-mean")(obs)
+    flat = (slice(None), slice(None), slice(None), slice(0, 12))  # every frame's top rows
+    torch.testing.assert_close(gated[flat], source[flat], atol=1e-5, rtol=0)
+    assert (plain[flat] - source[flat]).abs().max() > 1e-3
+    textured = (slice(None), slice(None), slice(3, 5), slice(40, 56))
+    torch.testing.assert_close(gated[textured], plain[textured])
+    assert (gated[textured] - source[textured]).abs().max() > 0.01

@@ -125,8 +125,10 @@ class DiTVideo(VideoBackbone):
         rope_theta: float = 10000.0,
         context_channels: int = 0,
         fusion: bool = False,
+        flat_gate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.check_flat_gate(flat_gate, conditional, predict_residual, fusion)
         if attention not in ("factorised", "full"):
             raise ValueError(f"attention must be 'factorised' or 'full', got {attention!r}")
         if hidden_size % num_heads:

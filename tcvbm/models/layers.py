@@ -27,6 +27,16 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def local_range(clip: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """(B, 1, N, H, W): each pixel's largest max - min over a ``size`` x ``size``
+    neighbourhood of its frame, over channels, of a clip ``(B, C, N, H, W)``."""
+    pool = (1, size, size)
+    pad = (0, size // 2, size // 2)
+    hi = F.max_pool3d(clip.float(), pool, 1, pad)
+    lo = -F.max_pool3d(-clip.float(), pool, 1, pad)
+    return (hi - lo).amax(dim=1, keepdim=True)
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32: bf16 statistics over large groups are too coarse."""
 
@@ -121,14 +131,21 @@ class VideoBackbone(SaveableModel):
     contract with the context: channels ``[0, C)`` hold ``A``, ``[C, 2C)`` ``B`` and channel
     ``2C`` flow's weight ``w`` of ``A``; later channels are free
     (:class:`tcvbm.tasks.FrameInterpolation` fills them with flows and a disagreement cue).
+
+    ``flat_gate`` > 0 scales a conditional model's residual by where the source has detail:
+    by ``clamp(r / flat_gate, 0, 1)``, ``r`` the source's largest range of values in a 5x5
+    neighbourhood (over channels, in [-1, 1] units). An upscale is exact on flat areas (black
+    frames, letterboxes, a clear sky), where any residual can only add error: a network
+    returns them within a level or so, and a frame that should be exact loses tens of dB of
+    PSNR for it. 0 (the default) leaves the residual whole.
     The output layer starts at zero, so an untrained fusion model returns the prior mix
     ``w A + (1 - w) B`` exactly. Keyframes (``w = 1``, ``A = B``) are known: the network is
     not run on them and they come back exactly.
 
     Subclasses register these config keys (:func:`tcvbm.models.saving.register_to_config`):
     ``in_channels``, ``out_channels``, ``conditional``, ``noise_channels``,
-    ``predict_residual``, ``context_channels``, ``fusion``, and implement :meth:`first_conv`
-    and :meth:`predict`.
+    ``predict_residual``, ``context_channels``, ``fusion``, ``flat_gate``, and implement
+    :meth:`first_conv` and :meth:`predict`.
     """
 
     gradient_checkpointing: bool = False
@@ -159,6 +176,16 @@ class VideoBackbone(SaveableModel):
                              f"context: context_channels must be >= {3 * in_channels + 1}, got "
                              f"{context_channels}")
         return out_channels + FUSION_OUTPUTS
+
+    @staticmethod
+    def check_flat_gate(flat_gate: float, conditional: bool, predict_residual: bool,
+                        fusion: bool) -> None:
+        """``flat_gate`` reads the source clip and scales a plain residual (class docstring)."""
+        if flat_gate < 0:
+            raise ValueError(f"flat_gate must be >= 0 (0: off), got {flat_gate}")
+        if flat_gate and (not conditional or not predict_residual or fusion):
+            raise ValueError("flat_gate scales the residual over a source clip: it needs a "
+                             "conditional model that predicts a residual, without fusion")
 
     def first_conv(self) -> nn.Conv2d:
         """The layer that reads the stacked input channels."""
@@ -243,6 +270,8 @@ class VideoBackbone(SaveableModel):
         if cfg.fusion:
             return self._fused(torch.cat(parts, dim=1), t, context)
         out = self.predict(torch.cat(parts, dim=1), t)
+        if cfg.flat_gate:
+            out = out * (local_range(cond) / cfg.flat_gate).clamp(max=1.0).to(out.dtype)
         if cfg.predict_residual:
             out = out + (parts[1] if cfg.conditional else x_t)
         return out

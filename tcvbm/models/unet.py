@@ -161,8 +161,10 @@ class UNetVideo(VideoBackbone):
         patch_size: int = 1,
         context_channels: int = 0,
         fusion: bool = False,
+        flat_gate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.check_flat_gate(flat_gate, conditional, predict_residual, fusion)
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         levels = len(channel_mult)
