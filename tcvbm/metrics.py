@@ -120,10 +120,10 @@ def ms_ssim(pred: Tensor, target: Tensor, frames: Tensor | None = None) -> Tenso
 
     def fn(p: Tensor, t: Tensor) -> Tensor:
         p, t = _unit(p), _unit(t)
+        half = _SSIM_WINDOW // 2  # contrast-structure over the window's full positions
         terms = []
         for _ in _MS_SSIM_WEIGHTS:
             sim, cs = _ssim_maps(p, t)
-            half = _SSIM_WINDOW // 2  # contrast-structure over the window's full positions
             terms.append(cs[..., half:-half, half:-half].flatten(1).mean(1))
             p, t = F.avg_pool2d(p, 2), F.avg_pool2d(t, 2)
         terms[-1] = sim.flatten(1).mean(1)
