@@ -9,11 +9,12 @@ with the mean of videos, each video weighted once: the figure to quote.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from statistics import fmean
 
 __all__ = ["COLUMNS", "PER_VIDEO_METRICS", "markdown_table", "per_video", "mean_of_videos",
-           "per_video_metrics", "per_video_table", "plots"]
+           "per_video_metrics", "per_video_table", "plots", "copy_raw"]
 
 COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
            ("stlpips", "ST-LPIPS", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
@@ -126,3 +127,13 @@ def plots(summary: list[dict], out_dir: Path, metric: str = "psnr") -> list[Path
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+def copy_raw(files: list[Path], out_dir: Path) -> Path:
+    """Copy evaluations' ``EVAL_DIR/metrics.json`` into ``out_dir/raw/EVAL_DIR.json``, the raw
+    figures a summary of several runs was made from, kept beside it."""
+    raw = out_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copyfile(path, raw / f"{path.parent.name}.json")
+    return raw

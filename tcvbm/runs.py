@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from tcvbm.train.objectives import SampleRandom
 
 __all__ = ["InferenceBundle", "save_bundle", "load_bundle", "draw_model_noise", "BUNDLE_FILE",
-           "KINDS", "SHIPPED", "WEIGHTS_DIR", "model_dir", "checkpoints_dir", "list_checkpoints",
-           "latest_checkpoint", "checkpoint_step"]
+           "KINDS", "SHIPPED", "WEIGHTS_DIR", "bundle_dir", "model_dir", "checkpoints_dir",
+           "list_checkpoints", "latest_checkpoint", "checkpoint_step"]
 
 BUNDLE_FILE = "tcvbm.json"
 KINDS = ("bridge", "generator")
@@ -152,7 +152,7 @@ def save_bundle(dir: str | Path, model: nn.Module, bridge: Bridge, task: Task, n
     return Path(dir)
 
 
-def _bundle_dir(path: str | Path) -> Path:
+def bundle_dir(path: str | Path) -> Path:
     """Resolve a run directory, a model directory or a shipped name to the model directory."""
     name = str(path)
     if name in SHIPPED and not Path(name).exists():
@@ -178,7 +178,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> I
     """Load a run directory, a model directory or a shipped default name for inference."""
     from tcvbm.models import load_pretrained
 
-    where = _bundle_dir(path)
+    where = bundle_dir(path)
     try:
         meta = json.loads((where / BUNDLE_FILE).read_text())
         kind = meta["kind"]

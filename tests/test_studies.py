@@ -59,3 +59,77 @@ def test_summary_without_evaluations_says_where_it_looked(tmp_path: Path) -> Non
 @pytest.mark.parametrize("script", ["interp.sh", "vsr.sh", "i2v.sh", "common.sh"])
 def test_study_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(SUMMARIZE.parent / script)], check=True)
+
+
+DISTILL = REPO_ROOT / "studies" / "distillation"
+
+
+def write_distill_eval(root: Path, name: str, rows: dict[str, dict[str, float]]) -> None:
+    """A ``tcvbm eval`` metrics.json as the distillation study reads it: per-video and
+    mean-of-videos tables, and per-method means (spread, time)."""
+    methods, mean_of_videos, per_video = [], {}, {}
+    for method, figures in rows.items():
+        steps = int(method.split("@")[1]) if "@" in method else None
+        methods.append({"method": method, "steps": steps, "mean": figures, "per_clip": []})
+        for metric in ("psnr", "stlpips"):
+            mean_of_videos.setdefault(metric, {})[method] = figures[metric]
+            per_video.setdefault(metric, {}).setdefault("v", {})[method] = figures[metric]
+    (root / name).mkdir(parents=True)
+    (root / name / "metrics.json").write_text(json.dumps(
+        {"methods": methods, "mean_of_videos": mean_of_videos, "per_video": per_video}))
+
+
+def test_distillation_summary_reports_seeds_weight_change_and_curves(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    runs, teacher = tmp_path / "runs", tmp_path / "teacher"
+    for seed, lp in ((0, 0.10), (1, 0.12)):
+        write_distill_eval(runs, f"eval-teacher-s{seed}", {
+            "t@1": {"psnr": 30.0, "stlpips": 0.2, "spread": 0.0},
+            "t@8": {"psnr": 29.0, "stlpips": lp, "spread": 0.01},
+            "source": {"psnr": 28.0, "stlpips": 0.3}})
+        write_distill_eval(runs, f"eval-student-1-s{seed}", {
+            "s@1": {"psnr": 29.5, "stlpips": lp + 0.01, "spread": 0.008}})
+    # the teacher's first layer has 2 inputs; the student appends 1 noise input (weights 3, 4)
+    teacher.mkdir()
+    (teacher / "tcvbm.json").write_text("{}")
+    save_file({"conv": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([2.0])},
+              str(teacher / "diffusion_pytorch_model.safetensors"))
+    (runs / "student-1" / "model").mkdir(parents=True)
+    save_file({"conv": torch.tensor([[1.0, 1.0, 3.0]]), "b": torch.tensor([2.0])},
+              str(runs / "student-1" / "model" / "diffusion_pytorch_model.safetensors"))
+    (runs / "student-1" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"step": 6, "loss/fake": 1.0, "loss/generator": 0.1},
+        {"step": 12, "loss/fake": 0.5, "loss/generator": 0.05, "eval/psnr": 30.0}]) + "\n")
+    (runs / "student-1" / "config.yaml").write_text("distill: {fake_per_generator: 3}\n")
+    write_distill_eval(runs, "curve-student-1-8", {"s@1": {"psnr": 29.8, "stlpips": 0.15}})
+    write_distill_eval(runs, "curve-student-1-real-8", {"s@1": {"psnr": 1.0, "stlpips": 1.0}})
+    write_distill_eval(runs, "curve-student-1-4", {"s@1": {"psnr": 29.9, "stlpips": 0.16}})
+    write_distill_eval(runs, "select-student-1-8", {"s@1": {"psnr": 29.0, "stlpips": 0.2}})
+    write_distill_eval(runs, "select-student-1-4", {"s@1": {"psnr": 29.0, "stlpips": 0.3}})
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(DISTILL / "summarize.py"), str(runs), "-o", str(out),
+                    "--teacher", str(teacher)], check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    change = summary["weight_change"]["student-1"]
+    assert change["relative_l2"] == pytest.approx((1 / 5) ** 0.5)   # |(0,1,0)| / |(1,0,2)|
+    assert change["noise_weight_norm"] == pytest.approx(3.0)
+    assert summary["curves"]["student-1"]["eval/psnr"] == [[12, 30.0]]
+    assert summary["curves"]["student-1"]["dev/stlpips"] == [[4, 0.16], [8, 0.15]]  # not -real's
+    assert summary["curves"]["student-1"]["select/stlpips"] == [[4, 0.3], [8, 0.2]]
+    assert "| student-1 | 4 | 1 | 0.3000 | 29.90 | 0.1600 |" in (out / "table.md").read_text()
+    assert "| student-1 | 8 | 2 | **0.2000** | 29.80 | 0.1500 |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert f"| teacher@8 | 29.00 ± 0.00 |  | 0.1100 ± {stdev([0.10, 0.12]):.4f} | 0.0100 ± " \
+           in table
+    assert "| student-1@1 | 29.50 ± 0.00 |  | 0.1200 ± " in table
+    assert "| 4.47e-01 | 1.00e+00 | 3.000 |" in table
+    assert "| source | 28.00 |  | 0.3000 |" in table
+    assert table.index("| teacher@8") < table.index("| student-1@1")
+    assert (out / "curves.png").stat().st_size > 0
+    assert len(list((out / "raw").iterdir())) == 4
+
+
+def test_distillation_script_parses() -> None:
+    subprocess.run(["bash", "-n", str(DISTILL / "run.sh")], check=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from statistics import fmean, stdev
@@ -24,6 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from tcvbm.eval_report import copy_raw  # noqa: E402
 
 METRICS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
            ("stlpips", "ST-LPIPS", "{:.4f}"), ("warp_error", "warp err", "{:.4f}"),
@@ -174,10 +175,7 @@ def main() -> None:
     (args.output / "summary.json").write_text(
         json.dumps({"rows": rows, "baselines": baselines}, indent=1) + "\n")
     plot(rows, args.output / "psnr_vs_steps.png")
-    raw = args.output / "raw"
-    raw.mkdir(exist_ok=True)
-    for path in files:
-        shutil.copyfile(path, raw / f"{path.parent.name}.json")
+    copy_raw(files, args.output)
     print(f"wrote {args.output / 'table.md'}")
 
 
