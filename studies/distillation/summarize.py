@@ -135,14 +135,14 @@ def plot_curves(series: dict, teacher: dict[str, dict[str, dict[str, float]]],
         for name, run in series.items():
             if key in run:
                 steps, values = zip(*run[key])
-                ax.plot(steps, values, marker="." if "/" in key and not key.startswith(
-                    "loss") else None, label=name)
+                ax.plot(steps, values, marker=None if key.startswith("loss") else ".",
+                        label=name)
         where, _, metric = key.partition("/")
         for method, figures in teacher.get(where, {}).items():
             ax.axhline(figures[metric], ls="--", lw=0.8, color="grey")
             ax.annotate(method, (0, figures[metric]), xycoords=("axes fraction", "data"),
                         fontsize=7, color="grey")
-        ax.set_xlabel("training step (5 fake updates, then 1 generator)", fontsize=8)
+        ax.set_xlabel("training step (fake and generator updates)", fontsize=8)
         ax.set_title(label, fontsize=9)
     if series:
         axes[0].legend(fontsize=8)
@@ -166,8 +166,9 @@ def curve_table(series: dict, runs_dir: Path) -> str:
         dev = dict(run.get("dev/stlpips", []))
         select = dict(run.get("select/stlpips", []))
         best = min(select, key=select.get) if select else None
+        per_update = updates_per_step(runs_dir / name)
         for step, psnr in run.get("dev/psnr", []):
-            updates = step // updates_per_step(runs_dir / name)
+            updates = step // per_update
             chosen = f"**{select[step]:.4f}**" if step == best else (
                 f"{select[step]:.4f}" if step in select else "")
             lines.append(f"| {name} | {step} | {updates} | {chosen} | {psnr:.2f} | "
@@ -176,8 +177,8 @@ def curve_table(series: dict, runs_dir: Path) -> str:
 
 
 def table(cells: dict, baselines: dict, changes: dict) -> str:
-    seeds = sorted({seed for runs in cells.values() for seed in runs})
-    lines = [f"Mean of videos; mean ± sd over sampling seeds {seeds}.", "",
+    all_seeds = sorted({seed for runs in cells.values() for seed in runs})
+    lines = [f"Mean of videos; mean ± sd over sampling seeds {all_seeds}.", "",
              "| model | " + " | ".join(label for _, label, _ in METRICS) +
              " | weight change (relative L2) | largest weight change | noise weights |",
              "|---" * (len(METRICS) + 4) + "|"]
