@@ -296,3 +296,29 @@ def test_the_loss_distance_is_a_checked_bridge_matching_option(tmp_path) -> None
     with pytest.raises(ValueError, match="loss.distance"):
         distillation_objective(load_config("configs/distill-interp-v1.yaml",
                                            ["loss.distance=log-mse"]))
+
+
+
+def test_the_head_skips_the_known_frames_and_changes_nothing() -> None:
+    """A trained-like (non-zero) head: running it on the made frames only gives what the head
+    over the whole window gives, the keyframes come back exactly and the caller's context
+    is left as it was."""
+    from tcvbm.models.fusion import fuse_candidates
+
+    model = fusion_model().eval()
+    with torch.no_grad():
+        head = model.out[2]
+        head.weight.copy_(torch.randn(head.weight.shape,
+                                      generator=torch.Generator().manual_seed(3)) * 0.05)
+        sample = CONTEXT(drifting_texture(9, shift=1)[..., :24, :32])
+        x_t, t, context = sample.source, torch.ones(1), sample.context.clone()
+        got = model(x_t, t, cond=x_t, context=sample.context)
+        assert torch.equal(sample.context, context)          # the caller's context is kept
+        made = torch.arange(9) % 4 != 0
+        out = torch.zeros(1, 3 + 6, 9, 24, 32)
+        stacked = torch.cat([x_t, x_t, sample.context], dim=1)
+        out[:, :, made] = model.predict(stacked[:, :, made], t)
+        want = fuse_candidates(out, sample.context, 3)
+    assert (got - sample.source).abs().max() > 1e-3          # the head does act
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert torch.equal(got[:, :, ::4], sample.source[:, :, ::4])

@@ -111,6 +111,18 @@ def test_temporal_mixing(model):
     assert torch.equal(a[:, :, [0, 1, 2, 4]], b[:, :, [0, 1, 2, 4]])
 
 
+def test_the_temporal_convolution_runs_as_its_conv3d():
+    """frame_conv (a (3, 1) Conv2d over frames x pixels) sums exactly what the Conv3d whose
+    weights it reads does, so checkpoints keep their meaning."""
+    from tcvbm.models.unet import frame_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(8, 6, (3, 1, 1), padding=(1, 0, 0))
+    v = torch.randn(2, 8, 5, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(frame_conv(conv, v), conv(v), atol=1e-5, rtol=1e-5)
+
+
 def test_single_frames_equal_video_with_temporal_layers_off(model):
     """An image model and a video model are one network: N = 1 skips the temporal layers."""
     x = clip(b=2, n=4)

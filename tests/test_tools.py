@@ -243,3 +243,21 @@ def test_gpu_check_summary_tables_what_the_tools_wrote(tmp_path: Path, capsys) -
     assert len(rows) == 1 and all(r in summary for r in rows)
     assert "| models-compile | stopped at its 30 s limit | 30 |" in summary
     assert "Not read" not in summary
+
+
+def test_profile_shares_counts_busy_samples_by_their_innermost_stage(tmp_path: Path,
+                                                                      capsys) -> None:
+    """A sample in the UNet counts for the UNet even though the sampler called it; idle
+    threads are left out."""
+    profile = tmp_path / "prof.txt"
+    profile.write_text(
+        "main;_walk (tcvbm/samplers.py:137);predict (tcvbm/models/unet.py:300) 6\n"
+        "main;_walk (tcvbm/samplers.py:139) 1\n"
+        "reader;dis_flow (tcvbm/flow.py:40) 3\n"
+        "writer;get (queue.py:171);wait (threading.py:320) 50\n")
+    tool = load_tool("profile_shares")
+    counts, total = tool.shares(profile.read_text())
+    assert total == 10
+    assert counts == {"network (UNet)": 6, "DIS flow": 3, "sampler step": 1}
+    assert tool.main([str(profile)]) == 0
+    assert "| network (UNet) | 60% |" in capsys.readouterr().out

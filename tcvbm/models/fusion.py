@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FUSION_CLAMP", "FUSION_OUTPUTS", "RESIDUAL_GATE", "fuse_candidates", "resample"]
+__all__ = ["FUSION_CLAMP", "FUSION_OUTPUTS", "RESIDUAL_GATE", "fuse_candidates", "made_frames",
+           "resample"]
 
 FUSION_CLAMP = 1e-3   # w is clamped to [FUSION_CLAMP, 1 - FUSION_CLAMP] so its logit is finite
 FUSION_OUTPUTS = 6    # beyond the residual: mask logit, two (x, y) corrections, blend weight
@@ -58,6 +59,12 @@ def resample(x: Tensor, shift: Tensor) -> Tensor:
 
     moved = lookup(base + move) - lookup(base.expand_as(move))
     return x + moved.reshape(b, n, c, h, w).transpose(1, 2).to(x.dtype)
+
+
+def made_frames(w: Tensor) -> Tensor:
+    """(N,) True for the frames of ``w`` (B, 1, N, H, W) that some clip of the batch has to
+    make (``w < 1`` somewhere); the others are keyframes or hold one."""
+    return (w[:, 0] < 1).flatten(2).any(-1).any(0)
 
 
 def fuse_candidates(out: Tensor, context: Tensor, channels: int) -> Tensor:

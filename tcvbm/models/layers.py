@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tcvbm.models.fusion import FUSION_OUTPUTS, fuse_candidates
+from tcvbm.models.fusion import FUSION_OUTPUTS, fuse_candidates, made_frames
 from tcvbm.models.saving import SaveableModel
 
 
@@ -268,7 +268,7 @@ class VideoBackbone(SaveableModel):
             raise ValueError("noise given to a model without noise channels "
                              "(call add_noise_channels first)")
         if cfg.fusion:
-            return self._fused(torch.cat(parts, dim=1), t, context)
+            return self._fused(parts, t, context)
         out = self.predict(torch.cat(parts, dim=1), t)
         if cfg.flat_gate:
             out = out * (local_range(cond) / cfg.flat_gate).clamp(max=1.0).to(out.dtype)
@@ -276,21 +276,24 @@ class VideoBackbone(SaveableModel):
             out = out + (parts[1] if cfg.conditional else x_t)
         return out
 
-    def _fused(self, stacked: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """The fusion head's ``x0``, the network run only on the frames it has to make.
+    def _fused(self, parts: list[torch.Tensor], t: torch.Tensor,
+               context: torch.Tensor) -> torch.Tensor:
+        """The fusion head's ``x0``, the network and the head run only on the frames to make.
 
         Frames whose weight ``w`` is 1 everywhere (keyframes, and frames holding the last
-        one) are known: the head returns them exactly from a zero output, so the network
-        skips them; in a 5-frame x2 window it runs on 2 frames instead of 5. Those frames
-        are the same in every clip of a batch (they follow from the task's frame layout).
+        one) are known: their two candidates are the frame itself, which the head returns
+        exactly whatever the network outputs, so neither runs on them; in a 5-frame x2
+        window both run on 2 frames instead of 5, and the inputs are stacked for those
+        only. Those frames are the same in every clip of a batch (they follow from the
+        task's frame layout).
         """
         c = self.config.in_channels
-        b, _, n, h, w = stacked.shape
-        made = (context[:, 2 * c] < 1).reshape(b, n, -1).any(-1).any(0)
-        out = stacked.new_zeros(b, c + FUSION_OUTPUTS, n, h, w)
+        made = made_frames(context[:, 2 * c:2 * c + 1])
+        x0 = context[:, c:2 * c].clone()
         if bool(made.any()):
-            out[:, :, made] = self.predict(stacked[:, :, made], t).to(out.dtype)
-        return fuse_candidates(out, context, c)
+            out = self.predict(torch.cat([p[:, :, made] for p in parts], dim=1), t)
+            x0[:, :, made] = fuse_candidates(out.to(x0.dtype), context[:, :, made], c)
+        return x0
 
     @torch.no_grad()
     def add_noise_channels(self, k: int) -> None:
