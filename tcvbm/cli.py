@@ -107,6 +107,10 @@ def _output_flag(p: argparse.ArgumentParser) -> None:
 def _window_flags(p: argparse.ArgumentParser) -> None:
     """How a video is cut into windows in time (interpolate, upscale)."""
     p.add_argument("--batch", type=int, default=1, help="windows per model call")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="model calls (windows or pairs) run at once, each on its own thread "
+                        "with its share of the CPUs (default: one per CPU, at most 4, on a "
+                        "CPU; 1 on a GPU); the output does not depend on it")
     p.add_argument("--overlap", type=int, default=None, metavar="FRAMES",
                    help="input frames shared by neighbouring windows (default: one keyframe for "
                         "interpolation, half a window for upscaling)")
@@ -181,7 +185,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     interpolate(args.input, args.output, factor=args.factor, model=args.model, fps=args.fps,
                 dedup=args.dedup, scene_cuts=not args.no_scene_cuts,
                 scene_threshold=args.scene_threshold, batch=args.batch, overlap=args.overlap,
-                **_inference_kwargs(args, args.output))
+                workers=args.workers, **_inference_kwargs(args, args.output))
     if args.preview:
         from tcvbm.preview import interpolation_preview
 
@@ -199,7 +203,7 @@ def _cmd_upscale(args: argparse.Namespace) -> None:
     from tcvbm.pipeline import upscale
 
     upscale(args.input, args.output, scale=args.scale, model=args.model, batch=args.batch,
-            overlap=args.overlap, **_inference_kwargs(args, args.output))
+            overlap=args.overlap, workers=args.workers, **_inference_kwargs(args, args.output))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:

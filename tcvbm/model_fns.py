@@ -21,6 +21,7 @@ from torch import Tensor
 from tcvbm import samplers
 from tcvbm.retime import PairFn
 from tcvbm.windows import DEFAULT_MULTIPLE, DEFAULT_TILE, DEFAULT_TILE_OVERLAP, WindowFn, tiled
+from tcvbm.workers import call_generator
 
 __all__ = ["model_window_fn", "window_inputs", "tiling", "build_window_fn", "build_pair_fn",
            "resolve_bundle", "model_label"]
@@ -33,7 +34,10 @@ def model_window_fn(bundle, steps: int | None = None, sampler: str | None = None
     a task that has one, the context the model reads with it) and samples the model.
 
     ``steps``/``sampler`` default to the bundle's own (the values it was trained or
-    distilled for). Sampling is seeded so the same input gives the same output.
+    distilled for). Sampling is seeded so the same input gives the same output: a call with
+    a ``key`` (a window's or pair's number, then its tile's) draws from its own stream of
+    ``seed`` and ``key``, so calls may run on several threads at once; calls without one
+    share one stream of ``seed``, in the order they are made.
 
     The function's optional ``times`` (interpolation only) places the clip's frames at any
     positions between the observation's keyframes, in keyframe units
@@ -51,9 +55,11 @@ def model_window_fn(bundle, steps: int | None = None, sampler: str | None = None
     if compile:
         model.forward = torch.compile(model.forward)
     timesteps = samplers.get_timesteps(steps, device=dev)
-    generator = torch.Generator(dev).manual_seed(seed)
+    shared = torch.Generator(dev).manual_seed(seed)
 
-    def fn(obs: Tensor, times: Sequence[float] | None = None) -> Tensor:
+    def fn(obs: Tensor, times: Sequence[float] | None = None,
+           key: tuple[int, ...] | None = None) -> Tensor:
+        generator = shared if key is None else call_generator(dev, seed, key)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
                                                     enabled=precision == "bf16"):
             if times is None:
@@ -133,8 +139,10 @@ def build_pair_fn(bundle, steps: int | None = None, sampler: str | None = None,
     fn = model_window_fn(bundle, steps, sampler, device, precision, seed, compile)
     tiles = tiling(bundle, 1, tile, batch)
 
-    def pair(left: Tensor, right: Tensor, taus: list[float]) -> Tensor:
-        clip = tiles(partial(fn, times=[0.0, *taus, 1.0]))(torch.stack([left, right], 1)[None])
+    def pair(left: Tensor, right: Tensor, taus: list[float],
+             key: tuple[int, ...] | None = None) -> Tensor:
+        clip = tiles(partial(fn, times=[0.0, *taus, 1.0]))(torch.stack([left, right], 1)[None],
+                                                           key=key)
         return clip[0, :, 1:-1].transpose(0, 1)
 
     return pair

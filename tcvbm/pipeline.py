@@ -11,7 +11,7 @@ model, sampler and tiles make the frames at their exact times between two inputs
 stream from the reader to the writer: memory is bounded by one batch of windows, never by the
 length of the video. Decoding, the model and encoding run in three threads
 (:func:`tcvbm.data.streams.prefetched`), a few frames apart, so the codecs' time hides
-behind the model's.
+behind the model's; on a CPU several windows run at once (:mod:`tcvbm.workers`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from tcvbm.model_fns import (
 from tcvbm.retime import DuplicateDetector, PairFn, RetimePlan, Retimer, output_rate
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.windows import TemporalBlender, WindowFn, power_count, restore_stream, stage_count
+from tcvbm.workers import auto_workers, intra_op_threads
 
 if TYPE_CHECKING:
     from tcvbm.data.video import VideoReader
@@ -115,6 +116,7 @@ class _Sampling:
     batch: int
     seed: int
     compile: bool
+    workers: int
 
     def window_fn(self, bundle: InferenceBundle, scale: int) -> WindowFn:
         return build_window_fn(bundle, scale, self.steps, self.sampler, self.device,
@@ -174,7 +176,8 @@ def _window_passes(plan: Callable[[InferenceBundle], _PassPlan], sampling: _Samp
         stream: Iterable[Tensor] = prefetched(read_repaired(reader, indices, warn))
         for detector in [cuts, *(replace(cuts) for _ in range(passes.count - 1))]:
             blender = TemporalBlender(fn, passes.inputs, keep, passes.factor,
-                                      keep_inputs=passes.factor > 1, batch=sampling.batch)
+                                      keep_inputs=passes.factor > 1, batch=sampling.batch,
+                                      workers=sampling.workers)
             stream = restore_stream(stream, blender, detector)
         return _Streamed(stream, len(indices), len(indices) * gain, fps * gain, cuts)
 
@@ -203,14 +206,15 @@ def _retimed(rate: Callable[[float], float], sampling: _Sampling, dedup: bool,
             plan = RetimePlan.for_input(times.tolist(), typical, fps_out)
         duplicates = DuplicateDetector() if dedup else None
         frames = prefetched(read_repaired(reader, range(len(reader)), warn))
-        stream = restore_stream(frames, Retimer(pair_fn, plan, duplicates), cuts)
+        stream = restore_stream(frames, Retimer(pair_fn, plan, duplicates, sampling.workers),
+                                cuts)
         return _Streamed(stream, len(reader), plan.count, fps_out, cuts, duplicates)
 
     return body
 
 
 def _restore_video(input, output, model, task: str, kind: str, body: _Body, *,
-                   steps: int | None, sampler: str | None, progress: bool,
+                   workers: int, steps: int | None, sampler: str | None, progress: bool,
                    progress_label: str, codec: str | None, crf: int,
                    lossless: bool) -> RunSummary:
     """The one body of the video-to-video commands; ``body`` is what tells them apart.
@@ -221,7 +225,8 @@ def _restore_video(input, output, model, task: str, kind: str, body: _Body, *,
     rate with the input's audio (``codec``, ``crf``, ``lossless``: the writer's) or PNG
     frames. With a frame-rate factor the input frames are kept exactly where an output
     falls on them (they are the keyframes), so a lossless output gives them back bit for
-    bit.
+    bit. ``workers`` windows or pairs run at once, the CPUs shared among them
+    (:func:`tcvbm.workers.intra_op_threads`).
     """
     started = time.perf_counter()
     warn = RepairCounter()
@@ -238,9 +243,10 @@ def _restore_video(input, output, model, task: str, kind: str, body: _Body, *,
         stream = run.frames
         if progress:
             stream = with_progress(stream, run.frames_out, progress_label)
-        frames_out = write_counted(prefetched(stream), output, run.fps, audio_from=input,
-                                   codec=codec, crf=crf, lossless=lossless,
-                                   colour=reader.colour)
+        with intra_op_threads(workers):
+            frames_out = write_counted(prefetched(stream), output, run.fps, audio_from=input,
+                                       codec=codec, crf=crf, lossless=lossless,
+                                       colour=reader.colour)
     duplicates = run.duplicates.duplicates if run.duplicates is not None else None
     return _summary(input, output, run.frames_in, frames_out, started, model, bundle, steps,
                     sampler, warn.count, progress, run.cuts.cuts, duplicates)
@@ -253,7 +259,7 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike,
                 tile: int | None = None, batch: int = 1, scene_cuts: bool = True,
                 scene_threshold: float = 1.0, seed: int = 0, compile: bool = False,
                 progress: bool = True, codec: str | None = None, crf: int = DEFAULT_CRF,
-                lossless: bool = False) -> RunSummary:
+                lossless: bool = False, workers: int | None = None) -> RunSummary:
     """Raise the frame rate of ``input`` by ``factor`` (default 2) or to ``fps``; writes
     ``output`` atomically.
 
@@ -279,12 +285,16 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike,
     a pattern such as ``frames_%06d.png``; :mod:`tcvbm.data.outputs`). ``codec``: h264
     (default), h265 or ffv1 (videos only); ``crf``: x264/x265 quality (0-51, lower is
     better); ``lossless``: RGB-exact output instead (``crf`` then does not apply).
+    ``workers``: windows (or pairs) made at once, each on its own thread with its share of
+    the CPUs (default: one per CPU, at most 4, on a CPU; one on a GPU); the output does not
+    depend on it.
     """
     if factor is None and fps is None:
         factor = 2
     rate = partial(output_rate, factor=factor, fps=fps)
     rate(1.0)   # the rate's checks (one of factor/fps, factor > 1, fps > 0) before any work
-    sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile)
+    sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile,
+                         workers or auto_workers(device))
     cuts = SceneCutDetector.scaled(scene_threshold, enabled=scene_cuts)
 
     def body(bundle: InferenceBundle, reader: VideoReader, warn: RepairCounter) -> _Streamed:
@@ -299,7 +309,7 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike,
         return _retimed(rate, sampling, dedup, cuts)(bundle, reader, warn)
 
     return _restore_video(input, output, model, "interp", "frame-interpolation", body,
-                          steps=steps, sampler=sampler, progress=progress,
+                          workers=sampling.workers, steps=steps, sampler=sampler, progress=progress,
                           progress_label="interpolate", codec=codec, crf=crf,
                           lossless=lossless)
 
@@ -309,12 +319,12 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
             device: str = "cpu", precision: str = "fp32", *, overlap: int | None = None,
             tile: int | None = None, batch: int = 1, seed: int = 0, compile: bool = False,
             progress: bool = True, codec: str | None = None, crf: int = DEFAULT_CRF,
-            lossless: bool = False) -> RunSummary:
+            lossless: bool = False, workers: int | None = None) -> RunSummary:
     """Upscale every frame of ``input`` by ``scale`` (default: the model's) with a VSR model,
     by default the shipped x4 ``default-vsr`` (docs/models.md).
 
     Image super-resolution models are VSR models of one frame and run the same way.
-    ``output``, ``codec``, ``crf``, ``lossless``: as for :func:`interpolate`.
+    ``output``, ``codec``, ``crf``, ``lossless``, ``workers``: as for :func:`interpolate`.
     """
 
     def plan(bundle: InferenceBundle) -> _PassPlan:
@@ -322,10 +332,11 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
         stages = stage_count(scale or model_scale, model_scale, "scale")
         return _PassPlan(window_inputs(bundle)[0], 1, model_scale, stages)
 
-    sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile)
+    sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile,
+                         workers or auto_workers(device))
     body = _window_passes(plan, sampling, overlap, SceneCutDetector())
     return _restore_video(input, output, model, "vsr", "super-resolution", body,
-                          steps=steps, sampler=sampler, progress=progress,
+                          workers=sampling.workers, steps=steps, sampler=sampler, progress=progress,
                           progress_label="upscale", codec=codec, crf=crf, lossless=lossless)
 
 

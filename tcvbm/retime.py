@@ -23,13 +23,17 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
+from tcvbm.workers import OrderedCalls
+
 __all__ = ["PairFn", "KEY_TOLERANCE", "DUPLICATE_MEAN", "DUPLICATE_BLOCK", "output_rate",
            "input_duration", "output_count", "Slot", "RetimePlan", "Timeline", "Retimer",
            "frame_difference", "DuplicateDetector", "duplicate_mask"]
 
-PairFn = Callable[[Tensor, Tensor, list[float]], Tensor]
-"""(left, right, taus) -> (len(taus), C, H, W): float (C, H, W) frames in [-1, 1], taus in
-(0, 1) increasing; frame ``i`` is the scene ``taus[i]`` of the way from ``left`` to ``right``."""
+PairFn = Callable[..., Tensor]
+"""``fn(left, right, taus, key=None)`` -> (len(taus), C, H, W): float (C, H, W) frames in
+[-1, 1], taus in (0, 1) increasing; frame ``i`` is the scene ``taus[i]`` of the way from
+``left`` to ``right``. ``key`` names the call as a window function's does
+(:data:`tcvbm.windows.WindowFn`)."""
 
 # An output this close to an input, in output periods, is that input. 1/1000 of a period is
 # far above the float64 rounding of k / fps (about 1e-12 periods after hours of video) and far
@@ -200,43 +204,57 @@ class Retimer:
 
     Outputs at input times are the input tensors themselves; the outputs between two inputs
     come from one ``pair_fn`` call for that pair. ``push`` takes the next input and returns
-    the outputs it completes, ``finish`` ends a shot (a cut, or the end of the stream), as
-    :class:`tcvbm.windows.TemporalBlender` does. With ``duplicates`` a frame that repeats
-    the last unique one is dropped, and its time falls between the unique frames around it.
-    Memory: the shot's last unique frame and the new one.
+    the outputs now final, ``finish`` ends a shot (a cut, or the end of the stream), as
+    :class:`tcvbm.windows.TemporalBlender` does, ``workers`` pairs at a time on their own
+    threads (:class:`tcvbm.workers.OrderedCalls`; pair call ``n`` gets ``key=(n,)``, so the
+    output does not depend on ``workers``). With ``duplicates`` a frame that repeats the
+    last unique one is dropped, and its time falls between the unique frames around it.
+    Memory: the shot's last unique frame, the new one and the pairs running.
     """
 
     def __init__(self, pair_fn: PairFn, plan: RetimePlan,
-                 duplicates: DuplicateDetector | None = None) -> None:
+                 duplicates: DuplicateDetector | None = None, workers: int = 1) -> None:
         self.pair_fn, self.plan, self.duplicates = pair_fn, plan, duplicates
         self.timeline = Timeline(plan)
         self.held: dict[int, Tensor] = {}   # the shot's last unique input, by index
+        self.calls = OrderedCalls(workers)
+        self.pairs = 0                      # pair_fn calls so far: each call's key
 
     def push(self, frame: Tensor) -> list[Tensor]:
         """Add the next input; returns the outputs that are now final."""
         j = self.timeline.received
         unique = self.duplicates is None or not self.duplicates.is_duplicate(frame)
-        out = self._render(self.timeline.push(unique), {**self.held, j: frame})
+        self._submit(self.timeline.push(unique), {**self.held, j: frame})
         if self.timeline.last == j:
             self.held = {j: frame}
-        return out
+        return [f for _, frames in self.calls.ready() for f in frames]
 
     def finish(self) -> list[Tensor]:
         """End the shot: its last frame holds up to the next input; reset for the next."""
-        out = self._render(self.timeline.finish(), self.held)
+        self._submit(self.timeline.finish(), self.held)
         self.held = {}
         if self.duplicates is not None:
             self.duplicates.reset()
-        return out
+        return [f for _, frames in self.calls.drain() for f in frames]
 
-    def _render(self, slots: list[Slot], frames: dict[int, Tensor]) -> list[Tensor]:
-        """Frames for ``slots``; all the in-between ones of one push share one pair."""
+    def _submit(self, slots: list[Slot], frames: dict[int, Tensor]) -> None:
+        """Frames for ``slots`` (all the in-between ones of one push share one pair), made
+        on a worker and taken back in order."""
+        if not slots:
+            return
         between = [s for s in slots if s.left != s.right]
+        key = None
+        if between:
+            key, self.pairs = (self.pairs,), self.pairs + 1
+        self.calls.submit(None, self._render, slots, frames, between, key)
+
+    def _render(self, slots: list[Slot], frames: dict[int, Tensor], between: list[Slot],
+                key: tuple[int, ...] | None) -> list[Tensor]:
         made: Iterator[Tensor] = iter(())
         if between:
             left, right = frames[between[0].left], frames[between[0].right]
             taus = [s.tau for s in between]
-            clip = self.pair_fn(left, right, taus)
+            clip = self.pair_fn(left, right, taus, key=key)
             if tuple(clip.shape) != (len(taus), *left.shape):
                 raise ValueError(f"pair_fn: returned {tuple(clip.shape)} for {len(taus)} "
                                  f"times of {tuple(left.shape)} frames")

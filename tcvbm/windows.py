@@ -20,13 +20,18 @@ from tcvbm.data.streams import MIN_SIZE
 from tcvbm.data.visual import from_pixels, to_pixels
 from tcvbm.models.layers import pad_to_multiple
 from tcvbm.scenes import SceneCutDetector
+from tcvbm.workers import OrderedCalls
 
 __all__ = ["WindowFn", "Stage", "TemporalBlender", "feather", "tile_starts", "tiled",
            "restore_stream", "stage_count", "power_count", "DEFAULT_TILE",
            "DEFAULT_TILE_OVERLAP", "DEFAULT_MULTIPLE"]
 
-WindowFn = Callable[[Tensor], Tensor]
-"""(B, C, K, h, w) observation in [-1, 1] -> (B, C, N, h*s, w*s) restored clip."""
+WindowFn = Callable[..., Tensor]
+"""``fn(observation, key=None)``: (B, C, K, h, w) observation in [-1, 1] -> (B, C, N, h*s,
+w*s) restored clip. ``key`` (a tuple of ints: the window's number, then the tile's) names
+the call, so that a model that draws noise draws its own stream for it
+(:func:`tcvbm.workers.call_generator`), whatever thread runs it and in whatever order calls
+finish; None means one stream shared by calls made one at a time."""
 
 DEFAULT_TILE = 512          # pixels per tile side: bounds activation memory on CPU and GPU
 DEFAULT_TILE_OVERLAP = 32   # pixels blended between neighbouring tiles
@@ -72,20 +77,21 @@ def tiled(window_fn: WindowFn, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_
         raise ValueError(f"tile/multiple/scale/max_batch: bad values {tile}/{multiple}/"
                          f"{scale}/{max_batch}")
 
-    def run_batched(x: Tensor) -> Tensor:
+    def run_batched(x: Tensor, key: tuple[int, ...] | None) -> Tensor:
         h, w = x.shape[-2:]
         padded = pad_to_multiple(x, multiple)
-        outs = [window_fn(chunk) for chunk in padded.split(max_batch)]
+        outs = [window_fn(chunk, key=None if key is None else (*key, j))
+                for j, chunk in enumerate(padded.split(max_batch))]
         return torch.cat(outs)[..., : h * scale, : w * scale]
 
-    def fn(obs: Tensor) -> Tensor:
+    def fn(obs: Tensor, key: tuple[int, ...] | None = None) -> Tensor:
         b, _, _, h, w = obs.shape
         th, tw = min(tile, h), min(tile, w)
         ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
         if len(ys) == 1 and len(xs) == 1:
-            return run_batched(obs)
+            return run_batched(obs, key)
         crops = torch.cat([obs[..., y:y + th, x:x + tw] for y in ys for x in xs])
-        tiles = run_batched(crops)
+        tiles = run_batched(crops, key)
         ramp = overlap * scale
         weight = feather(th * scale, ramp)[:, None] * feather(tw * scale, ramp)
         out = tiles.new_zeros(b, *tiles.shape[1:3], h * scale, w * scale)
@@ -111,12 +117,15 @@ class TemporalBlender:
     ``L * factor`` outputs (the same duration at ``factor`` times the frame rate).
     With ``keep_inputs`` the outputs at input positions are the inputs themselves (the
     keyframes of interpolation are kept exactly). Frames are float (C, H, W) tensors.
-    ``batch`` windows are run through ``window_fn`` at once; memory holds at most
-    ``batch + 1`` windows of frames, whatever the length of the shot.
+    ``batch`` windows are run through ``window_fn`` at once, ``workers`` such calls at a
+    time on their own threads (:class:`tcvbm.workers.OrderedCalls`); call ``n`` of the
+    blender's life gets ``key=(n,)``, so the output does not depend on ``workers``. Memory
+    holds at most ``(workers + 1) * batch + 1`` windows of frames, whatever the length of
+    the shot.
     """
 
     def __init__(self, window_fn: WindowFn, keys: int, overlap: int, factor: int = 1,
-                 keep_inputs: bool = False, batch: int = 1) -> None:
+                 keep_inputs: bool = False, batch: int = 1, workers: int = 1) -> None:
         min_overlap = 1 if factor > 1 else 0   # interpolating windows must share a keyframe
         if keys < 1 or not min_overlap <= overlap < keys or factor < 1 or batch < 1:
             raise ValueError(f"keys/overlap/factor/batch: need keys >= 1, {min_overlap} <= "
@@ -127,6 +136,8 @@ class TemporalBlender:
         self.factor, self.keep_inputs, self.batch = factor, keep_inputs, batch
         self.span = (keys - 1) * factor + 1
         self.weight = feather(self.span, overlap * factor)
+        self.calls = OrderedCalls(workers)
+        self.runs = 0           # window_fn calls so far, over every shot: each call's key
         self._reset()
 
     def _reset(self) -> None:
@@ -146,24 +157,32 @@ class TemporalBlender:
         self.covered = stop
 
     def _run(self) -> None:
+        """Hand the pending windows to ``window_fn`` as one call (on a worker thread)."""
         if not self.pending:
             return
-        clips = self.window_fn(torch.stack([obs for _, _, obs in self.pending]))
-        if clips.shape[2] < self.span:
-            raise ValueError(f"window_fn: returned {clips.shape[2]} frames for "
-                             f"{self.inputs_per_window} inputs at factor {self.factor}; "
-                             f"need {self.span}")
-        for (start, valid, _), clip in zip(self.pending, clips):
-            base = start * self.factor
-            for p in range((valid - 1) * self.factor + 1):
-                frame = clip[:, p].float() * self.weight[p]
-                if base + p in self.sums:
-                    self.sums[base + p] += frame
-                    self.norms[base + p] += float(self.weight[p])
-                else:
-                    self.sums[base + p] = frame
-                    self.norms[base + p] = float(self.weight[p])
+        spans = [(start, valid) for start, valid, _ in self.pending]
+        self.calls.submit(spans, self.window_fn,
+                          torch.stack([obs for _, _, obs in self.pending]), key=(self.runs,))
+        self.runs += 1
         self.pending = []
+
+    def _add(self, results: list[tuple[list[tuple[int, int]], Tensor]]) -> None:
+        """Blend finished calls' clips into the output sums."""
+        for spans, clips in results:
+            if clips.shape[2] < self.span:
+                raise ValueError(f"window_fn: returned {clips.shape[2]} frames for "
+                                 f"{self.inputs_per_window} inputs at factor {self.factor}; "
+                                 f"need {self.span}")
+            for (start, valid), clip in zip(spans, clips):
+                base = start * self.factor
+                for p in range((valid - 1) * self.factor + 1):
+                    frame = clip[:, p].float() * self.weight[p]
+                    if base + p in self.sums:
+                        self.sums[base + p] += frame
+                        self.norms[base + p] += float(self.weight[p])
+                    else:
+                        self.sums[base + p] = frame
+                        self.norms[base + p] = float(self.weight[p])
 
     def _emit(self, limit: int) -> list[Tensor]:
         out = []
@@ -178,18 +197,26 @@ class TemporalBlender:
             del self.inputs[i]
         return out
 
+    def _final(self) -> list[Tensor]:
+        """The outputs no window still running or still to come contributes to."""
+        self._add(self.calls.ready())
+        running = self.calls.outstanding
+        first = running[0][0][0] if running else self.next_start
+        if self.pending:
+            first = min(first, self.pending[0][0])
+        return self._emit(min(first, self.next_start) * self.factor)
+
     def push(self, frame: Tensor) -> list[Tensor]:
         """Add the next input of the current shot; returns outputs that are now final."""
         self.inputs[self.count] = frame
         self.count += 1
         if self.count - self.next_start < self.inputs_per_window:
-            return []
+            return self._final()
         self._schedule(self.next_start, self.next_start + self.inputs_per_window)
         self.next_start += self.stride
-        if len(self.pending) < self.batch:
-            return []
-        self._run()
-        return self._emit(self.next_start * self.factor)
+        if len(self.pending) >= self.batch:
+            self._run()
+        return self._final()
 
     def finish(self) -> list[Tensor]:
         """End the shot: flush the last (padded) window and the tail; reset for the next."""
@@ -198,6 +225,7 @@ class TemporalBlender:
         if self.covered < self.count:
             self._schedule(self.next_start, self.count)
         self._run()
+        self._add(self.calls.drain())
         out = self._emit((self.count - 1) * self.factor + 1)
         if self.factor > 1:
             out += [out[-1]] * (self.factor - 1)

@@ -71,11 +71,12 @@ INFERENCE_KWARGS = dict(steps=3, sampler="posterior-mean", device="cuda:1", prec
 
 
 @pytest.mark.parametrize("command,function,argv,extra", [
-    ("interpolate", "interpolate", ["in.mp4", "-o", "out.mp4", "--overlap", "2", "--batch", "3"],
-     dict(overlap=2, batch=3, model="default-interp", factor=None, fps=None, dedup=False,
-          scene_cuts=True, scene_threshold=1.0)),
+    ("interpolate", "interpolate", ["in.mp4", "-o", "out.mp4", "--overlap", "2", "--batch", "3",
+                                    "--workers", "2"],
+     dict(overlap=2, batch=3, workers=2, model="default-interp", factor=None, fps=None,
+          dedup=False, scene_cuts=True, scene_threshold=1.0)),
     ("upscale", "upscale", ["in.mp4", "-o", "out.mp4", "--model", "m", "--overlap", "1"],
-     dict(overlap=1, batch=1, model="m", scale=None)),
+     dict(overlap=1, batch=1, workers=None, model="m", scale=None)),
     ("i2v", "image_to_video", ["in.png", "-o", "out.mp4", "--model", "m"],
      dict(model="m", frames=None, fps=8.0)),
 ])

@@ -8,6 +8,7 @@ single-window runs, or between tiled and whole frames, is the pipeline's doing.
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_feather_and_tile_starts():
 
 def blend_fn(num_frames: int, factor: int = 2):
     task = get_task("interp", factor=factor)
-    return lambda obs: task.lift(obs, num_frames)
+    return lambda obs, key=None: task.lift(obs, num_frames)
 
 
 def run_blender(keys_frames: list[torch.Tensor], **kwargs) -> list[torch.Tensor]:
@@ -142,14 +143,14 @@ def test_tiles_match_whole_frame_for_a_local_model():
     fn = blend_fn(9)
     whole = fn(x)
     torch.testing.assert_close(tiled(fn, tile=32, overlap=8, multiple=8)(x), whole)
-    up = lambda obs: obs.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
+    up = lambda obs, key=None: obs.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
     torch.testing.assert_close(tiled(up, tile=24, overlap=6, scale=2)(x), up(x))
 
 
 def test_tile_seams_are_bounded():
     calls = []
 
-    def offset_fn(obs):  # every tile disagrees with its neighbours by a constant
+    def offset_fn(obs, key=None):  # every tile disagrees with its neighbours by a constant
         calls.append(1)
         return obs + 0.1 * len(calls)
 
@@ -254,14 +255,17 @@ def test_interpolate_windowed_equals_single_window(tmp_path):
 
 
 class CountingSource(SourceModel):
-    """The source model, counting the frames it is run on."""
+    """The source model, counting the frames it is run on (windows run on several threads
+    at once: the count is locked)."""
 
     def __init__(self):
         super().__init__()
         self.frames = 0
+        self.lock = threading.Lock()
 
     def forward(self, x_t, t, cond=None, context=None, noise=None):
-        self.frames += x_t.shape[0] * x_t.shape[2]
+        with self.lock:
+            self.frames += x_t.shape[0] * x_t.shape[2]
         return cond
 
 

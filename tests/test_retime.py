@@ -28,7 +28,8 @@ from tcvbm.windows import TemporalBlender, restore_stream
 from test_pipeline import blend_fn, moving_frames, run_blender
 
 
-def linear_pair(left: torch.Tensor, right: torch.Tensor, taus: list[float]) -> torch.Tensor:
+def linear_pair(left: torch.Tensor, right: torch.Tensor, taus: list[float],
+                key: tuple[int, ...] | None = None) -> torch.Tensor:
     t = torch.tensor(taus, dtype=left.dtype).view(-1, 1, 1, 1)
     return (1 - t) * left + t * right
 
@@ -182,7 +183,7 @@ def test_no_output_mixes_two_shots():
 
 
 def test_errors_name_the_problem():
-    retimer = Retimer(lambda a, b, taus: a[None], RetimePlan.constant(2, 10, 30))
+    retimer = Retimer(lambda a, b, taus, key=None: a[None], RetimePlan.constant(2, 10, 30))
     frames = linear_frames(3)
     retimer.push(frames[0])
     with pytest.raises(ValueError, match="pair_fn"):
