@@ -261,3 +261,32 @@ def test_profile_shares_counts_busy_samples_by_their_innermost_stage(tmp_path: P
     assert counts == {"network (UNet)": 6, "DIS flow": 3, "sampler step": 1}
     assert tool.main([str(profile)]) == 0
     assert "| network (UNet) | 60% |" in capsys.readouterr().out
+
+
+def _eval_run(folder: Path, model: str, psnr: dict[str, list[float]]) -> Path:
+    """A ``metrics.json`` as ``tcvbm eval`` writes it: one model row and one baseline."""
+    rows = []
+    for method, steps, offset in ((model, 1, 0.0), ("flow", None, -1.0)):
+        clips = [{"clip": f"{video}@{i}", "psnr": v + offset}
+                 for video, values in psnr.items() for i, v in enumerate(values)]
+        mean = sum(c["psnr"] for c in clips) / len(clips)
+        rows.append({"method": method, "steps": steps, "mean": {"psnr": mean}, "per_clip": clips})
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"methods": rows}))
+    return folder
+
+
+def test_compare_evals_merges_runs_and_weights_each_video_once(tmp_path: Path) -> None:
+    # video a has three windows, b one: the mean over windows (31.5) and the mean of videos
+    # (32.0) differ, and the per-video table must give the latter
+    a = _eval_run(tmp_path / "a", "m", {"a": [30.0, 31.0, 32.0], "b": [33.0]})
+    b = _eval_run(tmp_path / "b", "m", {"a": [40.0, 40.0, 40.0], "b": [42.0]})
+    out = tmp_path / "out"
+    load_tool("compare_evals").main([f"first={a}", f"second={b}", "-o", str(out)])
+    text = (out / "table.md").read_text()
+    per_video = text[text.index("## PSNR per video"):]
+    assert "| video | first@1 | second@1 | flow |" in per_video  # models first, flow once
+    assert "| a | 31.00 | 40.00 | 30.00 |" in per_video
+    assert "| mean of videos | 32.00 | 41.00 | 31.00 |" in per_video
+    assert "| first@1 | 1 | 31.50 |" in text
+    assert (out / "quality_vs_steps.png").stat().st_size > 0

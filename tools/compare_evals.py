@@ -5,7 +5,8 @@
 
 Each EVAL_DIR holds the ``metrics.json`` that ``tcvbm eval`` wrote. Model rows are renamed
 ``NAME@steps``; baselines (identical across runs on the same clips) are taken from the first
-run only. Writes ``OUT/table.md``, ``OUT/quality_vs_steps.png`` and ``OUT/merged.json``.
+run only. Writes ``OUT/table.md`` (means over windows, then per-video tables ending with the
+mean of videos, the figure to quote), ``OUT/quality_vs_steps.png`` and ``OUT/merged.json``.
 """
 
 from __future__ import annotations
@@ -19,20 +20,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tcvbm.eval_report import markdown_table  # noqa: E402
+from tcvbm.eval_report import COLUMNS, markdown_table, per_video_metrics, per_video_table  # noqa: E402
 
 
 def load(runs: list[tuple[str, Path]]) -> list[dict]:
-    rows = []
+    """Every run's model rows (``NAME@steps``), then the first run's baselines."""
+    models, baselines = [], []
     for i, (name, folder) in enumerate(runs):
         data = json.loads((folder / "metrics.json").read_text())
         for row in data["methods"]:
-            kept = {"steps": row["steps"], "mean": row["mean"]}
+            kept = {"steps": row["steps"], "mean": row["mean"], "per_clip": row["per_clip"]}
             if row["steps"]:
-                rows.append({**kept, "method": f"{name}@{row['steps']}", "run": name})
+                models.append({**kept, "method": f"{name}@{row['steps']}", "run": name})
             elif i == 0:
-                rows.append({**kept, "method": row["method"], "run": None})
-    return rows
+                baselines.append({**kept, "method": row["method"], "run": None})
+    return models + baselines
 
 
 def plot(rows: list[dict], path: Path, metric: str) -> None:
@@ -53,12 +55,12 @@ def plot(rows: list[dict], path: Path, metric: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="NAME=EVAL_DIR")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--metric", default="psnr")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     runs = []
     for item in args.runs:
         name, sep, folder = item.partition("=")
@@ -68,6 +70,9 @@ def main() -> None:
     rows = load(runs)
     args.output.mkdir(parents=True, exist_ok=True)
     text = markdown_table(rows, f"{args.metric.upper()} and more, merged from {len(runs)} runs")
+    formats = {key: fmt for key, _, fmt in COLUMNS}
+    for metric in per_video_metrics(rows):
+        text += "\n" + per_video_table(rows, metric, formats[metric])
     (args.output / "table.md").write_text(text)
     (args.output / "merged.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, args.output / "quality_vs_steps.png", args.metric)
