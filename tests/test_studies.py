@@ -131,6 +131,6 @@ def test_distillation_summary_reports_seeds_weight_change_and_curves(tmp_path: P
     assert len(list((out / "raw").iterdir())) == 4
 
 
-@pytest.mark.parametrize("script", ["run.sh", "fake-model.sh", "common.sh"])
+@pytest.mark.parametrize("script", ["run.sh", "fake-model.sh", "real-term.sh", "common.sh"])
 def test_distillation_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(DISTILL / script)], check=True)
