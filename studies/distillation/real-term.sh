@@ -22,3 +22,15 @@ student student-2-fake10-real90 distill.student_steps=2 optim.lr=1.0e-5 distill.
     distill.beta=0.882 distill.fake_per_generator=10 train.max_steps=1320 train.checkpoint_every=220
 score student-2-fake10-real90 "$out/student-2-fake10-real90" 2
 curve student-2-fake10-real90
+
+# A second selection clip, chosen after the test clips split the students by kind of footage
+# (phone and band video against the LEGO animation): bigbuckbunny, an animation from the
+# training sources (never a test clip), every checkpoint of both students and the teacher
+for model in "$out"/model-student-*-fake10-real90-* "$teacher"; do
+  name=${model##*/model-}
+  steps=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['steps'])" \
+      "$model/tcvbm.json" 2>/dev/null || echo 1,2,4,8)
+  [[ -f $out/anim-$name/metrics.json ]] && continue
+  tcvbm eval --task vsr --data data/samples/train/bigbuckbunny.mp4 --model "$model" \
+      --steps "$steps" --sampler stochastic --size 160x120 --clips-per-video 4 -o "$out/anim-$name"
+done
