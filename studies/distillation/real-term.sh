@@ -22,6 +22,11 @@ student student-2-fake10-real90 distill.student_steps=2 optim.lr=1.0e-5 distill.
     distill.beta=0.882 distill.fake_per_generator=10 train.max_steps=1320 train.checkpoint_every=220
 score student-2-fake10-real90 "$out/student-2-fake10-real90" 2
 curve student-2-fake10-real90
+# the same 2-step run with training seed 1: is the shape of its curve the seed's or the recipe's?
+student student-2-fake10-real90-seed1 distill.student_steps=2 optim.lr=1.0e-5 distill.alpha=0.90 \
+    distill.beta=0.882 distill.fake_per_generator=10 train.max_steps=1320 train.checkpoint_every=220 \
+    seed=1
+curve student-2-fake10-real90-seed1
 
 # A second selection clip, chosen after the test clips split the students by kind of footage
 # (phone and band video against the LEGO animation): bigbuckbunny, an animation from the
