@@ -52,7 +52,7 @@ from tcvbm.model_fns import (
 from tcvbm.retime import DuplicateDetector, PairFn, RetimePlan, Retimer, output_rate
 from tcvbm.scenes import SceneCutDetector
 from tcvbm.windows import TemporalBlender, WindowFn, power_count, restore_stream, stage_count
-from tcvbm.workers import auto_workers, intra_op_threads
+from tcvbm.workers import intra_op_threads, worker_count
 
 if TYPE_CHECKING:
     from tcvbm.data.video import VideoReader
@@ -294,7 +294,7 @@ def interpolate(input: str | os.PathLike, output: str | os.PathLike,
     rate = partial(output_rate, factor=factor, fps=fps)
     rate(1.0)   # the rate's checks (one of factor/fps, factor > 1, fps > 0) before any work
     sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile,
-                         workers or auto_workers(device))
+                         worker_count(workers, device))
     cuts = SceneCutDetector.scaled(scene_threshold, enabled=scene_cuts)
 
     def body(bundle: InferenceBundle, reader: VideoReader, warn: RepairCounter) -> _Streamed:
@@ -333,7 +333,7 @@ def upscale(input: str | os.PathLike, output: str | os.PathLike, scale: int | No
         return _PassPlan(window_inputs(bundle)[0], 1, model_scale, stages)
 
     sampling = _Sampling(steps, sampler, device, precision, tile, batch, seed, compile,
-                         workers or auto_workers(device))
+                         worker_count(workers, device))
     body = _window_passes(plan, sampling, overlap, SceneCutDetector())
     return _restore_video(input, output, model, "vsr", "super-resolution", body,
                           workers=sampling.workers, steps=steps, sampler=sampler, progress=progress,

@@ -38,11 +38,27 @@ def available_cpus() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
+def threads_per_worker(workers: int) -> int:
+    """Intra-op threads for each of ``workers`` concurrent calls: the CPUs shared out."""
+    return max(available_cpus() // workers, 1)
+
+
 def auto_workers(device: str | torch.device) -> int:
     """How many calls to run at once when the user did not say: one per CPU (at most
     :data:`MAX_AUTO_WORKERS`) on a CPU device; one on an accelerator, which runs its kernels
     in order anyway and would only have its memory split."""
     return min(available_cpus(), MAX_AUTO_WORKERS) if torch.device(device).type == "cpu" else 1
+
+
+def worker_count(requested: int | None, device: str | torch.device) -> int:
+    """The calls to run at once: ``requested`` (at least 1), or :func:`auto_workers` when the
+    user did not say."""
+    if requested is None:
+        return auto_workers(device)
+    if requested < 1:
+        raise ValueError(f"workers must be at least 1 (or left out for one per CPU), "
+                         f"got {requested}")
+    return requested
 
 
 def call_generator(device: str | torch.device, seed: int, key: tuple[int, ...]) -> torch.Generator:
@@ -65,7 +81,7 @@ def intra_op_threads(workers: int) -> Iterator[None]:
         return
     import cv2
 
-    threads = max(available_cpus() // workers, 1)
+    threads = threads_per_worker(workers)
     torch_before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
@@ -99,10 +115,9 @@ class OrderedCalls:
             self._finished.append((tag, fn(*args, **kwargs)))
             return
         if self._pool is None:
-            threads = max(available_cpus() // self.workers, 1)
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tcvbm-call",
                                             initializer=torch.set_num_threads,
-                                            initargs=(threads,))
+                                            initargs=(threads_per_worker(self.workers),))
         self._queue.append((tag, self._pool.submit(fn, *args, **kwargs)))
         while len(self._queue) > self.workers + 1:
             self._take_oldest()

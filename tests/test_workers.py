@@ -14,7 +14,7 @@ import torch
 from tcvbm.pipeline import interpolate
 from tcvbm.retime import RetimePlan, Retimer
 from tcvbm.windows import TemporalBlender, tiled
-from tcvbm.workers import OrderedCalls, auto_workers, call_generator, intra_op_threads
+from tcvbm.workers import OrderedCalls, auto_workers, call_generator, intra_op_threads, worker_count
 
 from test_pipeline import SourceModel, decode, make_video, moving_frames, source_bundle
 
@@ -89,6 +89,15 @@ def test_auto_workers_and_thread_shares(monkeypatch) -> None:
     with intra_op_threads(4):
         assert torch.get_num_threads() == 16 and cv2.getNumThreads() == 16
     assert (torch.get_num_threads(), cv2.getNumThreads()) == before
+
+
+def test_worker_count_takes_the_request_or_the_default_and_refuses_zero(monkeypatch) -> None:
+    monkeypatch.setattr("tcvbm.workers.available_cpus", lambda: 2)
+    assert worker_count(None, "cpu") == 2 and worker_count(None, "cuda") == 1
+    assert worker_count(3, "cpu") == 3
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"workers must be at least 1.*got {bad}"):
+            worker_count(bad, "cpu")
 
 
 def noisy_window(obs: torch.Tensor, key: tuple[int, ...] | None = None) -> torch.Tensor:
