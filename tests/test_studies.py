@@ -131,6 +131,50 @@ def test_distillation_summary_reports_seeds_weight_change_and_curves(tmp_path: P
     assert len(list((out / "raw").iterdir())) == 4
 
 
-@pytest.mark.parametrize("script", ["run.sh", "fake-model.sh", "real-term.sh", "common.sh"])
+@pytest.mark.parametrize("script", [
+    "run.sh", "fake-model.sh", "real-term.sh", "selection-set.sh", "common.sh"])
 def test_distillation_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(DISTILL / script)], check=True)
+
+
+def test_distillation_summary_picks_on_the_selection_set(tmp_path: Path) -> None:
+    """The selection set (selset-NAME-STEP) is a second selection beside carphone: each marks
+    its own pick, --pick prints the set's, and a checkpoint scored on its own (eval-NAME-STEP,
+    exported as model-NAME-STEP) gets its weight change."""
+    import torch
+    from safetensors.torch import save_file
+
+    runs, teacher = tmp_path / "runs", tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "tcvbm.json").write_text("{}")
+    save_file({"w": torch.tensor([1.0, 0.0])}, str(teacher / "diffusion_pytorch_model.safetensors"))
+    (runs / "student-2").mkdir(parents=True)
+    (runs / "student-2" / "config.yaml").write_text("distill: {fake_per_generator: 1}\n")
+    for step, dev, carphone, selset in ((2, 0.10, 0.30, 0.20), (4, 0.12, 0.25, 0.22)):
+        write_distill_eval(runs, f"curve-student-2-{step}", {"s@2": {"psnr": 30.0, "stlpips": dev}})
+        write_distill_eval(runs, f"select-student-2-{step}", {"s@2": {"psnr": 29.0,
+                                                                     "stlpips": carphone}})
+        write_distill_eval(runs, f"selset-student-2-{step}", {"s@2": {"psnr": 28.0,
+                                                                     "stlpips": selset}})
+    write_distill_eval(runs, "selset-teacher", {"t@4": {"psnr": 27.5, "stlpips": 0.21},
+                                                "bicubic": {"psnr": 27.0, "stlpips": 0.4}})
+    write_distill_eval(runs, "eval-teacher-s0", {"t@4": {"psnr": 30.0, "stlpips": 0.1}})
+    write_distill_eval(runs, "eval-student-2-2-s0", {"s@2": {"psnr": 30.0, "stlpips": 0.1}})
+    (runs / "model-student-2-2").mkdir()
+    save_file({"w": torch.tensor([1.0, 1.0])},
+              str(runs / "model-student-2-2" / "diffusion_pytorch_model.safetensors"))
+    summarize = [sys.executable, str(DISTILL / "summarize.py"), str(runs)]
+    pick = subprocess.run([*summarize, "--pick", "student-2"], check=True, capture_output=True,
+                          text=True).stdout
+    assert pick.strip() == "2"   # carphone would pick 4
+    out = tmp_path / "out"
+    subprocess.run([*summarize, "-o", str(out), "--teacher", str(teacher)], check=True)
+    table = (out / "table.md").read_text()
+    assert "| run | step | generator updates | carphone ST-LPIPS | selection-set ST-LPIPS |" \
+        in table
+    assert "| student-2 | 2 | 1 | 0.3000 | **0.2000** | 30.00 | 0.1000 |" in table
+    assert "| student-2 | 4 | 2 | **0.2500** | 0.2200 | 30.00 | 0.1200 |" in table
+    assert "The teacher on the selection set (PSNR / ST-LPIPS, mean of videos): t@4 27.50 / " \
+           "0.2100, bicubic 27.00 / 0.4000." in table
+    change = json.loads((out / "summary.json").read_text())["weight_change"]["student-2-2"]
+    assert change["relative_l2"] == pytest.approx(1.0)

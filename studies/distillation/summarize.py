@@ -6,8 +6,11 @@
 Reads ``RUNS_DIR/eval-NAME-sSEED/metrics.json`` (``tcvbm eval`` of the teacher and of each
 student, one per sampling seed), each student's run folder ``RUNS_DIR/NAME`` (its
 ``metrics.jsonl`` and exported ``model/``) and the evaluations of its checkpoints
-(``RUNS_DIR/curve-NAME-STEP`` on the test clips and ``RUNS_DIR/select-NAME-STEP`` on the
-selection clip: ``tcvbm eval`` of tools/export_checkpoint.py's export, one sampling seed).
+(``RUNS_DIR/curve-NAME-STEP`` on the test clips, ``RUNS_DIR/select-NAME-STEP`` on the
+selection clip, carphone, and ``RUNS_DIR/selset-NAME-STEP`` on the selection set,
+data/media/select: ``tcvbm eval`` of tools/export_checkpoint.py's export, one sampling seed).
+``--pick NAME`` prints the training step of NAME's checkpoint that the selection set chooses
+(the lowest mean-of-videos ST-LPIPS there) and writes nothing.
 Every figure is a mean of videos (a video's windows averaged first; spread and time are
 means of windows); across sampling seeds it is reported as mean ± sample sd. The weight
 change is the student's relative L2 distance from the teacher over the weights they share,
@@ -42,9 +45,12 @@ EVAL = re.compile(r"eval-(?P<name>[a-z0-9-]+)-s(?P<seed>\d+)$")
 CURVES = [("loss/fake", "fake-model loss"), ("loss/generator", "generator loss"),
           ("eval/psnr", "PSNR, 2 carphone windows (dB)"),
           ("select/stlpips", "ST-LPIPS, carphone (selection)"),
+          ("selset/stlpips", "ST-LPIPS, selection set"),
           ("dev/psnr", "PSNR, dev set (dB)"), ("dev/stlpips", "ST-LPIPS, dev set")]
-# tcvbm eval of exported checkpoints: FOLDER-NAME-STEP, on the dev set or the selection clip
-CHECKPOINT_EVALS = {"dev": "curve", "select": "select"}
+# tcvbm eval of exported checkpoints: FOLDER-NAME-STEP, on the dev set, the selection clip
+# or the selection set
+CHECKPOINT_EVALS = {"dev": "curve", "select": "select", "selset": "selset"}
+SELECTIONS = [("select", "carphone ST-LPIPS"), ("selset", "selection-set ST-LPIPS")]
 
 
 def mean_sd(values: list[float], fmt: str) -> str:
@@ -157,22 +163,30 @@ def updates_per_step(run_dir: Path) -> int:
     return cfg.distill.fake_per_generator + 1
 
 
+def picked(run: dict, key: str) -> int | None:
+    """The training step of the checkpoint with the lowest ST-LPIPS on selection ``key``."""
+    scores = dict(run.get(f"{key}/stlpips", []))
+    return min(scores, key=scores.get) if scores else None
+
+
 def curve_table(series: dict, runs_dir: Path) -> str:
-    """The scores of each run's checkpoints by training step: on the selection clip, and on
-    the dev set; the checkpoint with the lowest selection ST-LPIPS is marked."""
-    lines = ["| run | step | generator updates | carphone ST-LPIPS | dev PSNR | dev ST-LPIPS |",
-             "|---|---|---|---|---|---|"]
+    """The scores of each run's checkpoints by training step: on each selection (the clip,
+    and the set where it was scored), and on the dev set; each selection's pick is marked."""
+    shown = [(key, label) for key, label in SELECTIONS
+             if any(f"{key}/stlpips" in run for run in series.values())]
+    lines = ["| run | step | generator updates | " + " | ".join(label for _, label in shown)
+             + " | dev PSNR | dev ST-LPIPS |", "|---" * (len(shown) + 5) + "|"]
     for name, run in series.items():
         dev = dict(run.get("dev/stlpips", []))
-        select = dict(run.get("select/stlpips", []))
-        best = min(select, key=select.get) if select else None
         per_update = updates_per_step(runs_dir / name)
         for step, psnr in run.get("dev/psnr", []):
-            updates = step // per_update
-            chosen = f"**{select[step]:.4f}**" if step == best else (
-                f"{select[step]:.4f}" if step in select else "")
-            lines.append(f"| {name} | {step} | {updates} | {chosen} | {psnr:.2f} | "
-                         f"{dev[step]:.4f} |")
+            cells = []
+            for key, _ in shown:
+                scores = dict(run.get(f"{key}/stlpips", []))
+                cell = f"{scores[step]:.4f}" if step in scores else ""
+                cells.append(f"**{cell}**" if step == picked(run, key) else cell)
+            lines.append(f"| {name} | {step} | {step // per_update} | " + " | ".join(cells)
+                         + f" | {psnr:.2f} | {dev[step]:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,16 +219,30 @@ def table(cells: dict, baselines: dict, changes: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path)
-    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("-o", "--output", type=Path)
+    parser.add_argument("--pick", metavar="NAME", help="print the step the selection set picks "
+                        "for run NAME, and nothing else")
     parser.add_argument("--teacher", default="default-vsr", help="the teacher model's name or "
                         "folder, for the weight change")
     args = parser.parse_args()
+    if args.pick:
+        step = picked(curves(args.runs_dir, [args.pick]).get(args.pick, {}), "selset")
+        if step is None:
+            raise SystemExit(f"{args.runs_dir}: no selset-{args.pick}-STEP/metrics.json found")
+        print(step)
+        return
+    if args.output is None:
+        parser.error("-o/--output is required")
     cells, baselines, files = load_evals(args.runs_dir)
     students = sorted({m.split("@")[0] for m in cells} - {"teacher"})
     teacher_dir = bundle_dir(args.teacher)
-    changes = {name: weight_change(args.runs_dir / name / "model", teacher_dir)
-               for name in students if (args.runs_dir / name / "model").is_dir()}
-    series = curves(args.runs_dir, students)
+    # a run's final model, or a checkpoint scored on its own (exported as model-NAME)
+    models = {name: next((d for d in (args.runs_dir / name / "model",
+                                      args.runs_dir / f"model-{name}") if d.is_dir()), None)
+              for name in students}
+    changes = {name: weight_change(model, teacher_dir) for name, model in models.items() if model}
+    runs = {d.name for d in args.runs_dir.iterdir() if (d / "config.yaml").is_file()}
+    series = curves(args.runs_dir, sorted(runs | set(students)))
     args.output.mkdir(parents=True, exist_ok=True)
     teacher = {"dev": {m: {k: fmean(s[k] for s in seeds.values()) for k in ("psnr", "stlpips")}
                        for m, seeds in cells.items() if m.startswith("teacher@")}}
@@ -222,13 +250,17 @@ def main() -> None:
     if any("dev/psnr" in run for run in series.values()):
         text += ("\n### Against training step (checkpoints, sampling seed 0)\n\n"
                  + curve_table(series, args.runs_dir))
-    selection = args.runs_dir / "select-teacher" / "metrics.json"
-    if selection.is_file():  # the teacher on the selection clip, beside the curve
-        methods = json.loads(selection.read_text())["methods"]
-        text += "\nThe teacher on carphone (PSNR / ST-LPIPS): " + ", ".join(
-            f"{m['method']} {m['mean']['psnr']:.2f} / {m['mean']['stlpips']:.4f}"
-            for m in methods) + ".\n"
-        teacher["select"] = {f"teacher@{m['steps']}": m["mean"] for m in methods if m["steps"]}
+    for key, where in (("select", "carphone"), ("selset", "the selection set")):
+        selection = args.runs_dir / f"{key}-teacher" / "metrics.json"
+        if not selection.is_file():
+            continue
+        data = json.loads(selection.read_text())  # the teacher there, beside the curve
+        figures = {m["method"]: {metric: data["mean_of_videos"][metric][m["method"]]
+                                 for metric in ("psnr", "stlpips")} for m in data["methods"]}
+        text += f"\nThe teacher on {where} (PSNR / ST-LPIPS, mean of videos): " + ", ".join(
+            f"{name} {f['psnr']:.2f} / {f['stlpips']:.4f}" for name, f in figures.items()) + ".\n"
+        teacher[key] = {f"teacher@{m['steps']}": figures[m["method"]]
+                        for m in data["methods"] if m["steps"]}
     (args.output / "table.md").write_text(text)
     plot_curves(series, teacher, args.output / "curves.png")
     (args.output / "summary.json").write_text(json.dumps(
