@@ -162,9 +162,10 @@ def test_resample_moves_frames_by_whole_pixels_and_not_at_all_at_zero() -> None:
     torch.testing.assert_close(resample(x, down)[..., 2:, :], x[..., :-2, :], atol=1e-5, rtol=0)
 
 
-def test_the_residual_acts_only_where_the_candidates_disagree() -> None:
+def test_the_residual_and_the_corrections_act_only_where_the_candidates_disagree() -> None:
     """Left half: A = B (still content), right half: they differ by 0.1: a residual of 0.05
-    leaves the left half at the candidates and moves the right half by all of it."""
+    and corrections of a pixel leave the left half at the candidates bit for bit; the right
+    half moves by all of the residual (without corrections) and further with them."""
     from tcvbm.models.fusion import fuse_candidates
 
     g = torch.Generator().manual_seed(0)
@@ -179,21 +180,28 @@ def test_the_residual_acts_only_where_the_candidates_disagree() -> None:
     mix = 0.5 * (a + b)
     assert torch.equal(x0[..., :4], mix[..., :4])
     torch.testing.assert_close(x0[..., 4:], mix[..., 4:] + 0.05)
+    out[:, 4:8] = 1.0   # both candidates resampled a pixel right and down
+    corrected = fuse_candidates(out, context, 3)
+    assert torch.equal(corrected[..., :4], mix[..., :4])
+    assert (corrected - x0)[..., 1:-1, 5:-1].abs().min() > 0
 
 
 def shifted_toy(count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """(x0, source, context) where both candidates are the frame one pixel off to the
-    right, as flow that misplaced every edge by a pixel would give them: choosing between
-    them cannot help, resampling both by one pixel can."""
+    """(x0, source, context) where the candidates are the frame one pixel off, ``A`` to the
+    right and ``B`` to the left, as flow that misplaced every edge by two pixels between the
+    keyframes would give them at the middle time: choosing between them cannot help,
+    resampling each back by one pixel can."""
     smooth = torch.rand(count * 3, 3, 6, 7, generator=generator)
     x0 = torch.nn.functional.interpolate(smooth, size=(16, 18), mode="bicubic",
                                          align_corners=False)
     x0 = (x0.reshape(count, 3, 3, 16, 18) * 2 - 1).clamp(-1, 1)
-    off = torch.cat([x0[..., :1], x0[..., :-1]], dim=-1)     # content moved right by one
+    right = torch.cat([x0[..., :1], x0[..., :-1]], dim=-1)     # content moved right by one
+    left = torch.cat([x0[..., 1:], x0[..., -1:]], dim=-1)
+    mix = 0.5 * (right + left)
     weight = torch.full((count, 1, 3, 16, 18), 0.5)
-    context = torch.cat([off, off, weight, torch.zeros(count, 4, 3, 16, 18),
-                         torch.zeros(count, 1, 3, 16, 18), off], dim=1)
-    return x0[..., 1:-1], off[..., 1:-1], context[..., 1:-1]
+    context = torch.cat([right, left, weight, torch.zeros(count, 4, 3, 16, 18),
+                         torch.zeros(count, 1, 3, 16, 18), mix], dim=1)
+    return x0[..., 1:-1], mix[..., 1:-1], context[..., 1:-1]
 
 
 def test_fusion_corrects_a_flow_error_of_one_pixel() -> None:
