@@ -179,12 +179,13 @@ def curve_table(series: dict, runs_dir: Path) -> str:
     for name, run in series.items():
         dev = dict(run.get("dev/stlpips", []))
         per_update = updates_per_step(runs_dir / name)
+        scores = {key: dict(run.get(f"{key}/stlpips", [])) for key, _ in shown}
+        picks = {key: picked(run, key) for key, _ in shown}
         for step, psnr in run.get("dev/psnr", []):
             cells = []
             for key, _ in shown:
-                scores = dict(run.get(f"{key}/stlpips", []))
-                cell = f"{scores[step]:.4f}" if step in scores else ""
-                cells.append(f"**{cell}**" if step == picked(run, key) else cell)
+                cell = f"{scores[key][step]:.4f}" if step in scores[key] else ""
+                cells.append(f"**{cell}**" if step == picks[key] else cell)
             lines.append(f"| {name} | {step} | {step // per_update} | " + " | ".join(cells)
                          + f" | {psnr:.2f} | {dev[step]:.4f} |")
     return "\n".join(lines) + "\n"
