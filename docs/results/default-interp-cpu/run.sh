@@ -22,27 +22,17 @@ OMP_NUM_THREADS=1 tcvbm train configs/interp-times.yaml output_dir="$out/times" 
 model="$out/times/model"
 dev=data/media/dev
 
-# x2, x3 and x4 (every F-th frame in, the frames between scored, one pair per window) for
-# the x2-trained model and the fine-tuned one, one core each
+# the x2-trained model at x2, x3 and x4 (the fine-tuned one is scored below)
 for f in 2 3 4; do
-  for m in train times; do
-    OMP_NUM_THREADS=1 tcvbm eval --task interp --data "$dev" --model "$out/$m/model" \
-        --factor $f --steps 1 --baselines --size 320x240 --clips-per-video 2 \
-        -o "$out/rates/$m-x$f" &
-  done
-  wait
+  OMP_NUM_THREADS=1 tcvbm eval --task interp --data "$dev" --model "$out/train/model" \
+      --factor $f --steps 1 --baselines --size 320x240 --clips-per-video 2 \
+      -o "$out/rates/train-x$f" &
 done
-
-# x2 on the dev set: the even frames of 5-frame windows in, the odd frames scored; 2 windows
-# per video spread over it; RIFE at its scale 1 and 2 in the same run, on the same windows.
-# The two evaluations run side by side, one core each.
-export OMP_NUM_THREADS=1
-python tools/rife.py "$dev" --eval -o "$out/dev-320x240" --model "$model" --steps 1,2,4 \
-    --size 320x240 --clips-per-video 2 --scale 1 2 &
-python tools/rife.py "$dev" --eval -o "$out/dev-native" --model "$model" --steps 1 \
-    --size native --clips-per-video 2 --scale 1 &
 wait
-unset OMP_NUM_THREADS
+
+# the fine-tuned model: x2 at 320x240 and native beside RIFE, x3, x4, the selection set
+bash "$(dirname "$0")/score.sh" "$model" "$out"
+
 # the same at 1 step in bf16 (what --precision bf16 costs in quality)
 tcvbm eval --task interp --data "$dev" --model "$model" --steps 1 --size 320x240 \
     --clips-per-video 2 --precision bf16 -o "$out/dev-320x240-bf16"
