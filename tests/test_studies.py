@@ -132,7 +132,7 @@ def test_distillation_summary_reports_seeds_weight_change_and_curves(tmp_path: P
 
 
 @pytest.mark.parametrize("script", [
-    "run.sh", "fake-model.sh", "real-term.sh", "selection-set.sh", "common.sh"])
+    "run.sh", "fake-model.sh", "real-term.sh", "selection-set.sh", "confirm.sh", "common.sh"])
 def test_distillation_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(DISTILL / script)], check=True)
 
@@ -178,3 +178,44 @@ def test_distillation_summary_picks_on_the_selection_set(tmp_path: Path) -> None
            "0.2100, bicubic 27.00 / 0.4000." in table
     change = json.loads((out / "summary.json").read_text())["weight_change"]["student-2-2"]
     assert change["relative_l2"] == pytest.approx(1.0)
+
+
+def write_window_eval(root: Path, name: str, method: str, steps: int,
+                      stlpips: dict[str, float]) -> None:
+    """A ``tcvbm eval`` metrics.json with one model row and per-window ST-LPIPS and PSNR."""
+    rows = [{"clip": clip, "stlpips": value, "psnr": 30.0} for clip, value in stlpips.items()]
+    (root / name).mkdir(parents=True)
+    (root / name / "metrics.json").write_text(json.dumps({"methods": [
+        {"method": method, "steps": steps, "mean": {}, "per_clip": rows},
+        {"method": "bicubic", "steps": None, "mean": {}, "per_clip": rows}]}))
+
+
+def test_confirmation_reads_only_the_new_windows_and_applies_its_margin(tmp_path: Path) -> None:
+    """The first window of each video (@0) is left out of the claim and reported apart; the
+    claim holds for a student within the margin of the teacher's 4 steps, and fails beyond."""
+    runs = tmp_path / "runs"
+    teacher = {"a@0": 0.5, "a@10": 0.10, "a@20": 0.12, "b@0": 0.5, "b@30": 0.10}
+    for seed in (0, 1):
+        write_window_eval(runs, f"new-teacher-s{seed}", "default-vsr@4", 4, teacher)
+        # within the margin on the new windows (a: 0.1115, b: 0.1015; teacher 0.11, 0.10),
+        # far better on the first ones: a mean over every window would pass the other seed
+        write_window_eval(runs, f"new-student-2-seed0-440-s{seed}", "m@2", 2,
+                          {"a@0": 0.0, "a@10": 0.111, "a@20": 0.112, "b@0": 0.0, "b@30": 0.1015})
+        write_window_eval(runs, f"new-student-2-seed1-440-s{seed}", "m@2", 2,
+                          {"a@0": 0.0, "a@10": 0.12, "a@20": 0.12, "b@0": 0.0, "b@30": 0.11})
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(DISTILL / "confirm.py"), str(runs), "-o", str(out)],
+                   check=True, capture_output=True)
+    summary = json.loads((out / "summary.json").read_text())
+    claim = summary["claim"]
+    assert claim["student-2-seed0-440@2"]["teacher@4"] == pytest.approx(0.105)
+    assert claim["student-2-seed0-440@2"]["student"] == pytest.approx(0.1065)
+    assert claim["student-2-seed0-440@2"]["holds"] is True
+    assert claim["student-2-seed1-440@2"]["student"] == pytest.approx(0.115)
+    assert claim["student-2-seed1-440@2"]["holds"] is False
+    assert summary["cells"]["first"]["teacher@4"]["0"]["stlpips"] == pytest.approx(0.5)
+    table = (out / "table.md").read_text()
+    assert "student-2-seed1-440@2: 0.1150 against the teacher's 4 steps 0.1050 + 0.002: fails" \
+        in table
+    assert "| a | 0.1100 ± 0.0000 | 0.1115 ± 0.0000 | 0.1200 ± 0.0000 |" in table
+    assert len(list((out / "raw").iterdir())) == 6
