@@ -1,7 +1,8 @@
 """The verdict of studies/distillation/confirm.sh: the picked students against the teacher on
 windows no earlier score read.
 
-    python studies/distillation/confirm.py RUNS_DIR -o docs/results/distill-vsr-confirm-cpu
+    python studies/distillation/confirm.py RUNS_DIR -o docs/results/distill-vsr-confirm-cpu \
+        [--teacher default-vsr]
 
 Reads ``RUNS_DIR/new-NAME-sSEED/metrics.json`` (``tcvbm eval``, 5 windows per test video) and
 keeps each window's row except the first of each video (``VIDEO@0``, the window every earlier
@@ -22,9 +23,10 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import fmean
 
-from summarize import mean_sd  # this folder: the script's own directory is on sys.path
+from summarize import mean_sd, weight_change  # this folder: the script's own is on sys.path
 
 from tcvbm.eval_report import copy_raw
+from tcvbm.runs import bundle_dir
 
 MARGIN = 0.002
 PICKED = 440
@@ -66,8 +68,9 @@ def load(runs_dir: Path) -> tuple[dict, list[Path]]:
     return cells, files
 
 
-def verdict(cells: dict) -> tuple[str, dict]:
-    """The claim, checked for each training seed's picked student."""
+def verdict(cells: dict, runs_dir: Path, teacher_dir: Path | None) -> tuple[str, dict]:
+    """The claim, checked for each training seed's picked student, with how far its weights
+    moved from the teacher's (its exported model ``RUNS_DIR/model-NAME``, when there)."""
     teacher = fmean(s["stlpips"] for s in cells["teacher@4"].values())
     checks = {}
     for name, seeds in sorted(cells.items()):
@@ -75,15 +78,32 @@ def verdict(cells: dict) -> tuple[str, dict]:
             student = fmean(s["stlpips"] for s in seeds.values())
             checks[name] = {"student": student, "teacher@4": teacher,
                             "holds": student <= teacher + MARGIN}
-    lines = [f"- {name}: {c['student']:.4f} against the teacher's 4 steps {teacher:.4f} + "
-             f"{MARGIN}: {'holds' if c['holds'] else 'fails'}" for name, c in checks.items()]
+            model = runs_dir / f"model-{name.split('@')[0]}"
+            if teacher_dir is not None and model.is_dir():
+                checks[name]["weight_change"] = weight_change(model, teacher_dir)
+    lines = []
+    for name, c in checks.items():
+        moved = c.get("weight_change")
+        lines.append(f"- {name}: {c['student']:.4f} against the teacher's 4 steps {teacher:.4f} "
+                     f"+ {MARGIN}: {'holds' if c['holds'] else 'fails'}" + (
+                         f" (weights {moved['relative_l2']:.1e} from the teacher's, relative "
+                         f"L2; noise-input weights' norm {moved['noise_weight_norm']:.3f})"
+                         if moved else ""))
     return "\n".join(lines) + "\n", checks
+
+
+def order(method: str) -> tuple:
+    """The teacher first, then each run's checkpoints by training step (NAME-STEP@STEPS)."""
+    name, _, steps = method.partition("@")
+    run, _, step = name.rpartition("-")
+    return (not method.startswith("teacher"), run if step.isdigit() else name,
+            int(step) if step.isdigit() else 0, int(steps or 0))
 
 
 def table(part: dict) -> str:
     lines = ["| model | " + " | ".join(label for _, label, _ in METRICS) + " |",
              "|---" * (len(METRICS) + 1) + "|"]
-    for method, seeds in sorted(part.items(), key=lambda kv: not kv[0].startswith("teacher")):
+    for method, seeds in sorted(part.items(), key=lambda kv: order(kv[0])):
         row = [mean_sd([s[m] for s in seeds.values() if m in s], fmt)
                if any(m in s for s in seeds.values()) else "" for m, _, fmt in METRICS]
         lines.append(f"| {method} | " + " | ".join(row) + " |")
@@ -91,7 +111,9 @@ def table(part: dict) -> str:
 
 
 def per_video(part: dict) -> str:
-    methods = sorted(part, key=lambda m: not m.startswith("teacher"))
+    """ST-LPIPS per video of the teacher and the picked students."""
+    methods = sorted((m for m in part if m.startswith("teacher") or f"-{PICKED}@" in m),
+                     key=order)
     videos = sorted({v for seeds in part.values() for s in seeds.values() for v in s["videos"]})
     lines = ["| video | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for video in videos:
@@ -105,12 +127,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path)
     parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--teacher", default="default-vsr", help="the teacher model's name or "
+                        "folder, for the weight change ('' to skip it)")
     args = parser.parse_args()
     cells, files = load(args.runs_dir)
-    text, checks = verdict(cells["new"])
+    teacher_dir = bundle_dir(args.teacher) if args.teacher else None
+    text, checks = verdict(cells["new"], args.runs_dir, teacher_dir)
     text = ("The new windows (4 per test video, mean of videos; mean ± sd over sampling "
             "seeds):\n\n" + table(cells["new"]) + "\nThe claim:\n\n" + text
-            + "\nST-LPIPS per video, new windows:\n\n" + per_video(cells["new"])
+            + "\nST-LPIPS per video, new windows, the teacher and the picked students:\n\n"
+            + per_video(cells["new"])
             + "\nThe first windows (frame 0, read by every earlier score; the check that the "
             "runs reproduce them):\n\n" + table(cells["first"]))
     args.output.mkdir(parents=True, exist_ok=True)
