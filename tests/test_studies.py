@@ -203,6 +203,8 @@ def test_confirmation_reads_only_the_new_windows_and_applies_its_margin(tmp_path
                           {"a@0": 0.0, "a@10": 0.111, "a@20": 0.112, "b@0": 0.0, "b@30": 0.1015})
         write_window_eval(runs, f"new-student-2-seed1-440-s{seed}", "m@2", 2,
                           {"a@0": 0.0, "a@10": 0.12, "a@20": 0.12, "b@0": 0.0, "b@30": 0.11})
+    # another checkpoint: in the tables, ordered by step, not a claim, its raw JSON not copied
+    write_window_eval(runs, "new-student-2-seed0-1320-s0", "m@2", 2, {"a@10": 0.2, "b@30": 0.2})
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(DISTILL / "confirm.py"), str(runs), "-o", str(out)],
                    check=True, capture_output=True)
@@ -218,6 +220,9 @@ def test_confirmation_reads_only_the_new_windows_and_applies_its_margin(tmp_path
     assert "student-2-seed1-440@2: 0.1150 against the teacher's 4 steps 0.1050 + 0.002: fails" \
         in table
     assert "| a | 0.1100 ± 0.0000 | 0.1115 ± 0.0000 | 0.1200 ± 0.0000 |" in table
+    assert "| student-2-seed0-1320@2 | 30.00 |  | 0.2000 |  |" in table
+    assert table.index("| student-2-seed0-440@2") < table.index("| student-2-seed0-1320@2")
+    assert set(claim) == {"student-2-seed0-440@2", "student-2-seed1-440@2"}
     assert len(list((out / "raw").iterdir())) == 6
 
 

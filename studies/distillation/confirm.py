@@ -11,7 +11,8 @@ then mean ± sd over sampling seeds. The first windows are reported apart, as a 
 runs reproduce the earlier figures. The claim (fixed in confirm.sh before any score was seen):
 for each training seed, the student at 40 generator updates, 2 steps, has a mean ST-LPIPS at
 most the teacher's 4 steps plus ``MARGIN``. Writes ``OUT/table.md`` and ``OUT/summary.json``
-and copies the raw JSON to ``OUT/raw/``.
+(every checkpoint) and copies the raw JSON of the teacher and the picked students to
+``OUT/raw/``.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def main() -> None:
     (args.output / "table.md").write_text(text)
     (args.output / "summary.json").write_text(json.dumps(
         {"cells": cells, "claim": checks, "margin": MARGIN}, indent=1) + "\n")
-    copy_raw(files, args.output)
+    copy_raw([f for f in files if f.parent.name.startswith("new-teacher-")
+              or f"-{PICKED}-s" in f.parent.name], args.output)
     print(text)
 
 
