@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["dis_flow", "backward_warp", "Candidates", "warp_candidates"]
+__all__ = ["dis_flow", "linear_time_flows", "backward_warp", "Candidates", "warp_candidates"]
 
 _PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 # DIS rejects frames under 12 px and crashes on some under 16 px high (OpenCV 4.x-5.0, for
@@ -28,18 +28,37 @@ def _grey(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
 
 
-def dis_flow(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+def dis_flow(target: np.ndarray, source: np.ndarray, finest_scale: int | None = None,
+             patch_stride: int | None = None) -> np.ndarray:
     """Flow (H, W, 2) float32 with ``target(x) ~ source(x + flow(x))``.
 
     The direction suits backward warping: ``backward_warp(source, flow)`` predicts
-    ``target``.
+    ``target``. ``finest_scale`` and ``patch_stride`` replace the preset's (1: half
+    resolution, and 3 px), for studies of other settings (studies/interp-source).
     """
     h, w = target.shape[:2]
     ph, pw = max(_MIN_SIDE - h, 0), max(_MIN_SIDE - w, 0)
     grey = [cv2.copyMakeBorder(_grey(f), 0, ph, 0, pw, cv2.BORDER_REPLICATE)
             for f in (target, source)]
     dis = cv2.DISOpticalFlow_create(_PRESET)
+    if finest_scale is not None:
+        dis.setFinestScale(finest_scale)
+    if patch_stride is not None:
+        dis.setPatchStride(patch_stride)
     return dis.calc(grey[0], grey[1], None)[:h, :w]
+
+
+def linear_time_flows(f01: np.ndarray, f10: np.ndarray,
+                      t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Flows from time ``t`` back to both ends, from the flows between them.
+
+    ``f01``: a -> b on a's grid, ``f10``: b -> a on b's grid. Under linear motion these give
+    the flows from the in-between time to ``a`` and to ``b`` (the Super SloMo approximation),
+    float32.
+    """
+    ft0 = -(1 - t) * t * f01 + t * t * f10
+    ft1 = (1 - t) * (1 - t) * f01 - t * (1 - t) * f10
+    return ft0.astype(np.float32), ft1.astype(np.float32)
 
 
 def backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -69,17 +88,13 @@ class Candidates(NamedTuple):
 
 
 def _warps(a: np.ndarray, b: np.ndarray, times: Sequence[float]) -> list[tuple[np.ndarray, ...]]:
-    """(a warped, b warped, flow to a, flow to b) at each time, for float (H, W, 3) frames.
-
-    Flows a->b and b->a give, under linear motion, the flows from the intermediate time back
-    to both ends (the Super SloMo approximation); both ends are warped there.
-    """
+    """(a warped, b warped, flow to a, flow to b) at each time, for float (H, W, 3) frames:
+    both ends warped along :func:`linear_time_flows`."""
     f01 = dis_flow(a, b)          # a(x) ~ b(x + f01(x)): a -> b on a's grid
     f10 = dis_flow(b, a)          # b(x) ~ a(x + f10(x)): b -> a on b's grid
     out = []
     for t in times:
-        ft0 = (-(1 - t) * t * f01 + t * t * f10).astype(np.float32)
-        ft1 = ((1 - t) * (1 - t) * f01 - t * (1 - t) * f10).astype(np.float32)
+        ft0, ft1 = linear_time_flows(f01, f10, t)
         out.append((backward_warp(a, ft0), backward_warp(b, ft1), ft0, ft1))
     return out
 

@@ -245,3 +245,10 @@ def test_classical_source_variants_follow_a_known_translation() -> None:
     blend = classical.psnr((a + b) / 2, middle)
     for variant in classical.VARIANTS:
         assert classical.psnr(classical.interpolate(a, b, variant), middle) > blend + 8, variant
+    # the study's "flow" is the project's flow source, not a copy of it
+    import torch
+
+    from tcvbm.flow import warp_candidates
+    cand = warp_candidates(*(torch.from_numpy(f).permute(2, 0, 1)[None] for f in (a, b)), [0.5])
+    shipped = (0.5 * cand.left + 0.5 * cand.right)[0, 0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(classical.interpolate(a, b, "flow"), shipped, atol=1e-6)

@@ -37,29 +37,11 @@ import cv2
 import numpy as np
 
 from tcvbm.evaluate import load_eval_clips
-from tcvbm.flow import backward_warp
+from tcvbm.flow import backward_warp, dis_flow, linear_time_flows
 
 SIZE = (320, 240)
 MATCH = 0.02          # [0, 1] units: an aligned pixel this close counts as the same content
 PROJECTION_SHARPNESS = 20.0   # splat weight exp(-k |a - warp(b)|): trust matching pixels
-
-
-def dis(target: np.ndarray, source: np.ndarray, finest: int | None = None,
-        stride: int | None = None) -> np.ndarray:
-    """DIS (preset medium, optionally changed) with ``target(x) ~ source(x + flow(x))``."""
-    grey = [cv2.cvtColor((np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2GRAY)
-            for f in (target, source)]
-    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    if finest is not None:
-        flow.setFinestScale(finest)
-    if stride is not None:
-        flow.setPatchStride(stride)
-    return flow.calc(grey[0], grey[1], None)
-
-
-def linear_flows(f01: np.ndarray, f10: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
-    """Flows from time t to both ends under linear motion (tcvbm.flow's approximation)."""
-    return (-(1 - t) * t * f01 + t * t * f10), ((1 - t) ** 2 * f01 - t * (1 - t) * f10)
 
 
 def splat(values: np.ndarray, flow: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -90,25 +72,27 @@ def projected_flows(a: np.ndarray, b: np.ndarray, f01: np.ndarray, f10: np.ndarr
     total = wa + wb
     flows = (sa + sb) / np.maximum(total, 1e-8)[..., None]
     hole = total < 1e-3
-    flows[hole] = np.concatenate(linear_flows(f01, f10, t), 2)[hole]
+    flows[hole] = np.concatenate(linear_time_flows(f01, f10, t), 2)[hole]
     flows = flows.astype(np.float32)
     return flows[..., :2], flows[..., 2:]
 
 
 def interpolate(a: np.ndarray, b: np.ndarray, variant: str, t: float = 0.5) -> np.ndarray:
-    options = {"flow-full": {"finest": 0}, "flow-stride2": {"stride": 2}}.get(variant, {})
-    f01, f10 = dis(a, b, **options), dis(b, a, **options)
+    """The frame at ``t`` between ``a`` and ``b`` by one variant; ``flow`` is
+    :func:`tcvbm.flow.warp_candidates` mixed by time, as the project's flow source."""
+    settings = {"flow-full": {"finest_scale": 0},
+                "flow-stride2": {"patch_stride": 2}}.get(variant, {})
+    f01, f10 = dis_flow(a, b, **settings), dis_flow(b, a, **settings)
     if variant == "projected":
         ft0, ft1 = projected_flows(a, b, f01, f10, t)
     else:
-        ft0, ft1 = linear_flows(f01, f10, t)
-    return (1 - t) * backward_warp(a, ft0.astype(np.float32)) \
-        + t * backward_warp(b, ft1.astype(np.float32))
+        ft0, ft1 = linear_time_flows(f01, f10, t)
+    return (1 - t) * backward_warp(a, ft0) + t * backward_warp(b, ft1)
 
 
 def averaged_with(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
     """``inner`` with ``outer`` aligned to it and averaged in (a third) where it matches."""
-    aligned = backward_warp(outer, dis(inner, outer))
+    aligned = backward_warp(outer, dis_flow(inner, outer))
     same = (np.abs(aligned - inner).mean(2, keepdims=True) < MATCH).astype(np.float32)
     return inner + same * (aligned - inner) / 3
 

